@@ -1,0 +1,24 @@
+"""The scanning engine: pure, synchronous computation over time-major price blocks.
+
+Nothing here knows about asyncio, HTTP or SQL; ``run_scan`` can be called from a script,
+the CLI, a test or the server alike.
+"""
+
+from engine.errors import DataError, InvalidConfig, ScanCancelled, TechnicError
+from engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
+from engine.scan import ROW_FIELDS, ScanResult, run_scan
+from engine.scan_config import ScanConfig
+
+__all__ = [
+    "ROW_FIELDS",
+    "SCAN_STAGES",
+    "DataError",
+    "InvalidConfig",
+    "MultiStageProgressTracker",
+    "ScanCancelled",
+    "ScanConfig",
+    "ScanResult",
+    "TechnicError",
+    "format_eta",
+    "run_scan",
+]

@@ -1,0 +1,395 @@
+"""``run_scan``: one scan through its four weighted stages.
+
+1. universe_loading (0.05): read the universe, apply the filters. Units: symbols loaded.
+2. data_fetching (0.20): get the bars of the selection, from the block cache when the same
+   data was fetched before. Units: symbols fetched.
+3. symbol_scanning (0.70): column ranges of the cached block go to the executor; each
+   finished chunk advances the stage by its symbols. Units: symbols scanned.
+4. finalization (0.05): merge, filter by rating, rank, build rows. Units: those 4 steps.
+
+The function is synchronous and knows nothing of asyncio, HTTP or SQL: the CLI calls it
+directly, the server calls it in a thread with a ``ProcessPoolExecutor``. Cancellation is
+checked between fetch batches and while waiting for chunks, so it takes effect in well
+under a second; the result then says ``cancelled``. Errors mark the scan failed (the last
+snapshot says why) and propagate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from engine.block import Universe
+from engine.cache import BlockCache, cache_key, read_block
+from engine.chunk import NUMERIC_FIELDS, ChunkJob, ChunkResult, scan_chunk
+from engine.errors import InvalidConfig, ScanCancelled
+from engine.progress import MultiStageProgressTracker, Snapshot
+from engine.providers import Provider, provider_for
+from engine.rating import signal
+from engine.scan_config import ScanConfig
+from engine.universe import select
+
+log = logging.getLogger(__name__)
+
+FINALIZATION_STEPS = ("merge", "filter", "rank", "rows")
+ROW_FIELDS: tuple[str, ...] = (
+    "symbol",
+    "name",
+    "sector",
+    "industry",
+    "as_of",
+    "close",
+    "tech_rating",
+    "signal",
+    *NUMERIC_FIELDS[2:],
+)
+MAX_AS_OF_BEYOND_DATA_DAYS = 7
+CANCEL_POLL_S = 0.2
+
+
+class CancelEvent(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class ScanResult:
+    """What a scan produced. ``rows`` are ranked candidates; ``failures`` name each skip."""
+
+    status: Literal["completed", "cancelled"]
+    config: ScanConfig
+    rows: list[dict[str, Any]]
+    failures: list[dict[str, str]]
+    stage_timings: dict[str, float]
+    metrics: dict[str, Any]
+    snapshot: Snapshot
+    scan_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's ``--format json`` document."""
+        return {
+            "config": self.config.to_dict(),
+            "results": self.rows,
+            "metrics": self.metrics,
+            "failures": self.failures,
+        }
+
+
+@dataclass
+class _Selection:
+    universe: Universe
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def chunk_size_for(symbols: int) -> int:
+    """About 16 chunks per scan (smooth progress), each 32 to 1,000 symbols."""
+    return max(32, min(1000, math.ceil(symbols / 16)))
+
+
+def run_scan(
+    config: ScanConfig,
+    *,
+    on_progress: Callable[[Snapshot], None] | None = None,
+    executor: Executor | None = None,
+    cancel: CancelEvent | None = None,
+    cache_dir: Path | None = None,
+    priors: Mapping[str, float] | None = None,
+    scan_id: str | None = None,
+    progress_interval_s: float = 0.1,
+    max_chunks_in_flight: int | None = None,
+) -> ScanResult:
+    """Run one scan. ``executor`` None runs chunks inline; ``cache_dir`` None caches nothing.
+
+    ``priors`` (seconds per unit per stage, from past scans) make the first ETA realistic.
+    ``max_chunks_in_flight`` bounds this scan's share of a shared pool (default: twice
+    the executor's workers), so concurrent scans interleave instead of queueing whole.
+    """
+    tracker = MultiStageProgressTracker(
+        on_emit=on_progress,
+        priors=dict(priors or {}),
+        scan_id=scan_id,
+        min_interval_s=progress_interval_s,
+    )
+    started = time.monotonic()
+    tracker.start()
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise ScanCancelled
+
+    try:
+        with _block_store(cache_dir) as (store, persistent):
+            selection = _load_universe(config, tracker)
+            check_cancel()
+            block_path, cache_hit = _fetch(
+                config, selection, tracker, store, persistent, check_cancel
+            )
+            chunks = _scan_symbols(
+                config, block_path, tracker, executor, check_cancel, max_chunks_in_flight
+            )
+            rows, failures, counts = _finalize(config, block_path, selection, chunks, tracker)
+    except ScanCancelled:
+        tracker.finish("cancelled", "Scan cancelled")
+        return ScanResult(
+            status="cancelled",
+            config=config,
+            rows=[],
+            failures=[],
+            stage_timings=tracker.stage_durations(),
+            metrics=_metrics(tracker, started, 0, 0, {}),
+            snapshot=tracker.snapshot(),
+            scan_id=scan_id,
+        )
+    except Exception as error:
+        tracker.finish("failed", f"Scan failed: {error}", error=str(error))
+        raise
+    counts["cache_hit"] = cache_hit
+    metrics = _metrics(tracker, started, counts["symbols_scanned"], len(failures), counts)
+    tracker.finish("completed", f"Scan complete: {len(rows)} candidates")
+    metrics["stage_timings"] = tracker.stage_durations()
+    return ScanResult(
+        status="completed",
+        config=config,
+        rows=rows,
+        failures=failures,
+        stage_timings=metrics["stage_timings"],
+        metrics=metrics,
+        snapshot=tracker.snapshot(),
+        scan_id=scan_id,
+    )
+
+
+def _metrics(
+    tracker: MultiStageProgressTracker,
+    started: float,
+    scanned: int,
+    failed: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    total_s = time.monotonic() - started
+    return {
+        "stage_timings": tracker.stage_durations(),
+        "symbols_per_second": scanned / total_s if total_s > 0 else 0.0,
+        "symbols_scanned": scanned,
+        "symbols_failed": failed,
+        "total_seconds": total_s,
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def _block_store(cache_dir: Path | None) -> Iterator[tuple[BlockCache, bool]]:
+    """The persistent cache, or a throw-away one: workers always read from disk."""
+    if cache_dir is not None:
+        yield BlockCache(Path(cache_dir)), True
+        return
+    with tempfile.TemporaryDirectory(prefix="technic-scan-") as scratch:
+        yield BlockCache(Path(scratch)), False
+
+
+def _load_universe(config: ScanConfig, tracker: MultiStageProgressTracker) -> _Selection:
+    stage = "universe_loading"
+    tracker.start_stage(stage, message="Loading universe")
+    provider = provider_for(config)
+    universe = provider.universe()
+    tracker.set_total(stage, len(universe))
+    tracker.update(stage, len(universe), f"Loaded {len(universe)} symbols")
+    chosen, missing = select(
+        universe,
+        sectors=config.sectors,
+        industries=config.industries,
+        symbols=config.symbols,
+        max_symbols=config.max_symbols,
+    )
+    if len(chosen) == 0:
+        raise InvalidConfig("symbols", "no symbol of the universe matches the filters")
+    for name in ("data_fetching", "symbol_scanning"):
+        tracker.set_total(name, len(chosen))
+    tracker.set_total("finalization", len(FINALIZATION_STEPS))
+    tracker.complete_stage(stage, f"Selected {len(chosen)} of {len(universe)} symbols")
+    return _Selection(chosen, {symbol: "not in the universe" for symbol in missing})
+
+
+def _fetch(
+    config: ScanConfig,
+    selection: _Selection,
+    tracker: MultiStageProgressTracker,
+    store: BlockCache,
+    persistent: bool,
+    check_cancel: Callable[[], None],
+) -> tuple[Path, bool]:
+    stage = "data_fetching"
+    symbols = selection.universe.symbols
+    tracker.start_stage(stage, total=len(symbols), message="Fetching price data")
+    provider: Provider = provider_for(config)
+    key = cache_key(provider.identity(), [str(s) for s in symbols])
+    cached = store.get(key) if persistent else None
+    if cached is not None:
+        tracker.update(stage, len(symbols), f"Loaded {len(symbols)} symbols from cache")
+        tracker.complete_stage(stage)
+        return cached, True
+
+    fetched_count = 0
+
+    def on_fetched(count: int) -> None:
+        nonlocal fetched_count
+        check_cancel()
+        fetched_count += count
+        tracker.update(stage, fetched_count, f"Fetched {fetched_count} of {len(symbols)}")
+
+    fetched = provider.fetch(symbols, on_fetched)
+    check_cancel()
+    path = store.put(key, fetched.block, fetched.failures)
+    tracker.complete_stage(stage, f"Fetched {len(symbols)} symbols")
+    return path, False
+
+
+def _window(config: ScanConfig, dates: np.ndarray) -> tuple[int, int]:
+    """Rows [start, stop) of the block that the indicators see."""
+    if len(dates) == 0:
+        raise InvalidConfig("symbols", "none of the selected symbols has price data")
+    first, last = dates[0].astype(dt.date), dates[-1].astype(dt.date)
+    as_of = config.as_of or last
+    if as_of < first:
+        raise InvalidConfig("as_of", f"{as_of} is before the first date of the data ({first})")
+    if (as_of - last).days > MAX_AS_OF_BEYOND_DATA_DAYS:
+        raise InvalidConfig("as_of", f"{as_of} is after the last date of the data ({last})")
+    stop = int(np.searchsorted(dates, np.datetime64(as_of, "D"), side="right"))
+    return max(0, stop - config.lookback_bars), stop
+
+
+def _scan_symbols(
+    config: ScanConfig,
+    block_path: Path,
+    tracker: MultiStageProgressTracker,
+    executor: Executor | None,
+    check_cancel: Callable[[], None],
+    max_chunks_in_flight: int | None,
+) -> list[ChunkResult]:
+    stage = "symbol_scanning"
+    block, _ = read_block(block_path)
+    row_start, row_stop = _window(config, block.dates)
+    total = len(block.symbols)
+    tracker.start_stage(stage, total=total, message=f"Scanning {total} symbols")
+    size = chunk_size_for(total)
+    jobs = [
+        ChunkJob(
+            block_path=str(block_path),
+            column_start=start,
+            column_stop=min(start + size, total),
+            row_start=row_start,
+            row_stop=row_stop,
+            trade_style=config.trade_style,
+            account_size=config.account_size,
+            risk_pct=config.risk_pct,
+            target_rr=config.target_rr,
+        )
+        for start in range(0, total, size)
+    ]
+    results: list[ChunkResult] = []
+
+    def record(result: ChunkResult) -> None:
+        results.append(result)
+        last_symbol = block.symbols[result.column_stop - 1]
+        done = sum(r.column_stop - r.column_start for r in results)
+        tracker.update(stage, done, f"Scanning {last_symbol} ({done}/{total})")
+
+    if executor is None:
+        for job in jobs:
+            check_cancel()
+            record(scan_chunk(job))
+    else:
+        workers = getattr(executor, "_max_workers", 2)
+        limit = max_chunks_in_flight or 2 * workers
+        pending: set[Future[ChunkResult]] = set()
+        queue = list(reversed(jobs))
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:
+                    pending.add(executor.submit(scan_chunk, queue.pop()))
+                finished, pending = wait(pending, timeout=CANCEL_POLL_S, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(future.result())
+                check_cancel()
+        finally:
+            for future in pending:
+                future.cancel()
+    tracker.complete_stage(stage, f"Scanned {total} symbols")
+    return results
+
+
+def _finalize(
+    config: ScanConfig,
+    block_path: Path,
+    selection: _Selection,
+    chunks: list[ChunkResult],
+    tracker: MultiStageProgressTracker,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], dict[str, Any]]:
+    stage = "finalization"
+    tracker.start_stage(stage, total=len(FINALIZATION_STEPS), message="Merging results")
+    block, fetch_failures = read_block(block_path)
+    chunks = sorted(chunks, key=lambda c: c.column_start)
+    columns = np.concatenate([c.columns for c in chunks]) if chunks else np.empty(0, int)
+    last_rows = np.concatenate([c.last_row for c in chunks]) if chunks else np.empty(0, int)
+    values = {
+        name: np.concatenate([c.values[name] for c in chunks]) if chunks else np.empty(0)
+        for name in NUMERIC_FIELDS
+    }
+    failures = dict(selection.failures)
+    failures.update(fetch_failures)
+    for chunk in chunks:
+        for column, reason in chunk.failures.items():
+            failures.setdefault(str(block.symbols[column]), reason)
+    tracker.update(stage, 1, "Filtering by rating")
+
+    keep = np.flatnonzero(values["tech_rating"] >= config.min_tech_rating)
+    tracker.update(stage, 2, "Ranking")
+    symbols = block.symbols[columns]
+    order = keep[np.lexsort((symbols[keep].astype(str), -values["tech_rating"][keep]))]
+    tracker.update(stage, 3, "Building rows")
+
+    universe = selection.universe
+    position = {symbol: i for i, symbol in enumerate(universe.symbols)}
+    signals = signal(values["tech_rating"])
+    rows: list[dict[str, Any]] = []
+    for rank, index in enumerate(order, start=1):
+        symbol = str(symbols[index])
+        meta = position[symbol]
+        text = {
+            "symbol": symbol,
+            "name": str(universe.names[meta]),
+            "sector": str(universe.sectors[meta]),
+            "industry": str(universe.industries[meta]),
+            "as_of": str(block.dates[last_rows[index]]),
+            "signal": str(signals[index]),
+        }
+        row: dict[str, Any] = {"rank": rank}
+        for name in ROW_FIELDS:
+            if name in text:
+                row[name] = text[name]
+            else:
+                number = float(values[name][index])
+                row[name] = number if math.isfinite(number) else None
+        rows.append(row)
+    tracker.update(stage, 4, f"{len(rows)} candidates")
+    tracker.complete_stage(stage)
+    failure_rows = [{"symbol": s, "reason": failures[s]} for s in sorted(failures)]
+    counts = {
+        "universe_size": len(universe),
+        "symbols_scanned": len(columns),
+        "candidates": len(rows),
+        "partial_rows_repaired": sum(c.partial_rows for c in chunks),
+        "inconsistent_rows_repaired": sum(c.inconsistent_rows for c in chunks),
+        "gap_bars_filled": sum(c.gap_rows for c in chunks),
+    }
+    return rows, failure_rows, counts

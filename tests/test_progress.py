@@ -1,0 +1,235 @@
+"""The tracker's arithmetic and text, with a fake clock so every number is exact."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.49, "0s"),
+        (0.5, "1s"),
+        (45, "45s"),
+        (59.4, "59s"),
+        (59.5, "1m 0s"),
+        (120.5, "2m 1s"),
+        (90.3, "1m 30s"),
+        (3599.4, "59m 59s"),
+        (3599.5, "1h 0m"),
+        (3720, "1h 2m"),
+        (3689, "1h 1m"),
+        (3690, "1h 2m"),
+        (7199.6, "2h 0m"),
+        (-5, "0s"),
+    ],
+)
+def test_eta_text_rounds_half_up(seconds: float, text: str) -> None:
+    assert format_eta(seconds) == text
+
+
+def test_eta_text_of_nothing_is_none() -> None:
+    assert format_eta(None) is None
+    assert format_eta(float("nan")) is None
+
+
+def make(clock: FakeClock, emitted: list[dict], **kwargs) -> MultiStageProgressTracker:
+    return MultiStageProgressTracker(
+        on_emit=emitted.append, clock=clock, wall_clock=lambda: 1.7e9, **kwargs
+    )
+
+
+def test_seed_example_arithmetic_is_right() -> None:
+    """The seed's example says 51.5; 5 + 20 + 0.7 * 45 is 56.5."""
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted)
+    for stage in ("universe_loading", "data_fetching"):
+        tracker.start_stage(stage, total=700)
+        tracker.update(stage, 700)
+        tracker.complete_stage(stage)
+    tracker.start_stage("symbol_scanning", total=700)
+    tracker.update("symbol_scanning", 315, "Scanning AAPL (315/700)")
+    snap = tracker.snapshot()
+    assert snap["overall_progress"] == pytest.approx(56.5)
+    assert snap["stage_progress"] == pytest.approx(45.0)
+    assert snap["stages"]["symbol_scanning"] == pytest.approx(
+        snap["stages"]["symbol_scanning"] | {"weight": 0.70, "progress": 45.0, "current": 315}
+    )
+    assert snap["message"] == "Scanning AAPL (315/700)"
+    assert snap["current_stage"] == "symbol_scanning"
+
+
+def test_snapshot_has_every_seed_field() -> None:
+    tracker = make(FakeClock(), [], scan_id="abc")
+    snap = tracker.snapshot()
+    seed_fields = {
+        "scan_id", "status", "current_stage", "stages", "overall_progress", "overall_eta",
+        "overall_eta_formatted", "stage_progress", "stage_eta", "stage_eta_formatted",
+        "stage_throughput", "message",
+    }
+    extra = {"seq", "elapsed_seconds", "started_at", "completed_at", "error"}
+    assert seed_fields | extra <= set(snap)
+    assert list(snap["stages"]) == [name for name, _ in SCAN_STAGES]
+    for stage in snap["stages"].values():
+        assert {"weight", "progress", "status", "current", "total", "duration", "throughput"} <= set(stage)
+    assert snap["scan_id"] == "abc"
+
+
+def test_eta_is_none_until_a_unit_is_done_then_extrapolates_the_stage() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("only", 1.0),))
+    tracker.start_stage("only", total=100)
+    assert tracker.snapshot()["overall_eta"] is None
+    assert tracker.snapshot()["stage_eta"] is None
+    clock.now += 10
+    tracker.update("only", 25)
+    snap = tracker.snapshot()
+    assert snap["stage_throughput"] == pytest.approx(2.5)
+    assert snap["stage_eta"] == pytest.approx(30.0)
+    assert snap["overall_eta"] == pytest.approx(30.0)
+    assert snap["overall_eta_formatted"] == "30s"
+
+
+def test_overall_eta_sums_each_stage_remaining_work_not_elapsed_over_progress() -> None:
+    """A fast first stage must not make a slow second stage look fast."""
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("fast", 0.5), ("slow", 0.5)))
+    tracker.start_stage("fast", total=10)
+    clock.now += 1
+    tracker.update("fast", 10)
+    tracker.complete_stage("fast")
+    tracker.start_stage("slow", total=10)
+    clock.now += 10
+    tracker.update("slow", 1)
+    snap = tracker.snapshot()
+    # slow: 10 s per unit observed, 9 units left -> 90 s. The naive formula says
+    # elapsed / progress - elapsed = 11 / 0.55 - 11 = 9 s.
+    assert snap["overall_eta"] == pytest.approx(90.0)
+
+
+def test_priors_give_an_eta_before_any_unit_is_done() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(
+        clock, emitted, stages=(("a", 0.5), ("b", 0.5)), priors={"a": 0.1, "b": 0.5}
+    )
+    tracker.set_total("a", 100)
+    tracker.set_total("b", 100)
+    tracker.start_stage("a")
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(10 + 50)
+    assert tracker.snapshot()["stage_eta"] == pytest.approx(10)
+
+
+def test_pending_stage_without_prior_is_estimated_from_seconds_per_weight() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("a", 0.25), ("b", 0.75)))
+    tracker.start_stage("a", total=4)
+    clock.now += 2
+    tracker.update("a", 4)
+    tracker.complete_stage("a")
+    # 2 s for weight 0.25 -> 8 s per unit of weight -> b expected to take 6 s.
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(6.0)
+
+
+def test_overall_progress_never_goes_back_and_equals_weighted_sum() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, min_interval_s=0)
+    tracker.start_stage("universe_loading", total=10)
+    tracker.update("universe_loading", 8)
+    tracker.update("universe_loading", 3)  # a late, smaller count is ignored
+    tracker.set_total("universe_loading", 100)  # a larger total must not pull it back
+    tracker.update("universe_loading", 9)
+    tracker.complete_stage("universe_loading")
+    tracker.start_stage("data_fetching", total=4)
+    for done in range(1, 5):
+        clock.now += 1
+        tracker.update("data_fetching", done)
+    tracker.complete_stage("data_fetching")
+    tracker.finish("completed")
+    values = [snap["overall_progress"] for snap in emitted]
+    assert values == sorted(values)
+    for snap in emitted:
+        weighted = sum(s["weight"] * s["progress"] for s in snap["stages"].values())
+        assert snap["overall_progress"] == pytest.approx(weighted)
+    seqs = [snap["seq"] for snap in emitted]
+    assert seqs == list(range(1, len(emitted) + 1))
+
+
+def test_emission_is_throttled_but_stage_changes_and_final_state_always_go_out() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("only", 1.0),), min_interval_s=0.5)
+    tracker.start_stage("only", total=1000)
+    for done in range(1, 1001):
+        clock.now += 0.001
+        tracker.update("only", done)
+    tracker.complete_stage("only")
+    tracker.finish("completed")
+    statuses = [snap["stages"]["only"]["status"] for snap in emitted]
+    # start() + start_stage, at most 3 throttled updates in 1 s, completion, finish
+    assert len(emitted) <= 7
+    assert statuses[-2:] == ["completed", "completed"]
+    assert emitted[-1]["status"] == "completed"
+    assert emitted[-1]["overall_progress"] == pytest.approx(100.0)
+    assert emitted[-1]["overall_eta"] == 0.0
+
+
+def test_failure_marks_running_stage_failed_and_keeps_the_error() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted)
+    tracker.start_stage("universe_loading", total=1)
+    tracker.finish("failed", error="boom")
+    snap = emitted[-1]
+    assert snap["status"] == "failed"
+    assert snap["error"] == "boom"
+    assert snap["stages"]["universe_loading"]["status"] == "failed"
+    assert snap["completed_at"] == 1.7e9
+
+
+def test_stage_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    tracker = make(clock, [])
+    with caplog.at_level(logging.INFO, logger="engine.progress"):
+        tracker.start_stage("universe_loading", total=1)
+        clock.now += 5.2
+        tracker.complete_stage("universe_loading")
+    assert "Starting stage: universe_loading" in caplog.messages
+    assert "Completed stage: universe_loading (5.2s)" in caplog.messages
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"stages": ()}, "at least one"),
+        ({"stages": (("a", 0.5), ("a", 0.5))}, "unique"),
+        ({"stages": (("a", 0.5), ("b", 0.6))}, "sum to 1"),
+        ({"stages": (("a", -0.5), ("b", 1.5))}, ">= 0"),
+        ({"min_interval_s": -1}, "min_interval_s"),
+    ],
+)
+def test_bad_tracker_arguments_name_the_problem(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MultiStageProgressTracker(**kwargs)
+
+
+def test_unknown_stage_and_updates_to_a_stage_not_running_are_refused() -> None:
+    tracker = make(FakeClock(), [])
+    with pytest.raises(ValueError, match="unknown stage"):
+        tracker.start_stage("nope")
+    with pytest.raises(ValueError, match="not running"):
+        tracker.update("data_fetching", 1)
+    with pytest.raises(ValueError, match="total"):
+        tracker.set_total("data_fetching", -1)
+    with pytest.raises(ValueError, match="terminal"):
+        tracker.finish("running")  # type: ignore[arg-type]
