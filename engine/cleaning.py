@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PRICE_NAMES = ("open", "high", "low", "close", "volume")
+
 
 @dataclass
 class CleanBlock:
@@ -61,6 +63,23 @@ def _positive(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _tidy_columns(
+    open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray
+) -> np.ndarray:
+    """Columns that need no repair at all: every bar present, positive and consistent."""
+    with np.errstate(invalid="ignore"):
+        body_top = np.maximum(open_, close)
+        body_bottom = np.minimum(open_, close)
+        return (
+            (low > 0).all(axis=0)
+            & (high >= body_top).all(axis=0)
+            & (low <= body_bottom).all(axis=0)
+            & (volume >= 0).all(axis=0)
+            & np.isfinite(body_top).all(axis=0)
+            & np.isfinite(body_bottom).all(axis=0)
+        )
+
+
 def clean(
     open_: np.ndarray,
     high: np.ndarray,
@@ -71,7 +90,64 @@ def clean(
     min_bars: int = 20,
     max_stale_bars: int = 5,
 ) -> CleanBlock:
-    """Apply the policy above to ``[W, S]`` arrays (the scan window of S symbols)."""
+    """Apply the policy above to ``[W, S]`` arrays (the scan window of S symbols).
+
+    Most columns of real data and all of synthetic data are tidy; they are passed through
+    untouched (no copy), and only the others take the repairing path.
+    """
+    rows, width = close.shape
+    tidy = _tidy_columns(open_, high, low, close, volume) & (rows >= min_bars)
+    fields = (open_, high, low, close, volume)
+    if tidy.all():
+        return CleanBlock(
+            *fields,
+            columns=np.arange(width),
+            lengths=np.full(width, rows),
+            last_row=np.full(width, rows - 1),
+            failures={},
+            partial_rows=0,
+            inconsistent_rows=0,
+            gap_rows=0,
+        )
+    dirty = np.flatnonzero(~tidy)
+    repaired = _repair(
+        *(f[:, dirty] for f in fields), min_bars=min_bars, max_stale_bars=max_stale_bars
+    )
+    tidy_columns = np.flatnonzero(tidy)
+    columns = np.concatenate([tidy_columns, dirty[repaired.columns]])
+    order = np.argsort(columns, kind="stable")
+    depth = rows if len(tidy_columns) else repaired.close.shape[0]
+
+    def merge(original: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+        merged = np.full((depth, len(columns)), np.nan)
+        merged[:, : len(tidy_columns)] = original[:depth, tidy_columns]
+        merged[: fixed.shape[0], len(tidy_columns) :] = fixed
+        return merged[:, order]
+
+    lengths = np.concatenate([np.full(len(tidy_columns), rows), repaired.lengths])
+    last_row = np.concatenate([np.full(len(tidy_columns), rows - 1), repaired.last_row])
+    return CleanBlock(
+        *(merge(f, getattr(repaired, n)) for f, n in zip(fields, PRICE_NAMES, strict=True)),
+        columns=columns[order],
+        lengths=lengths[order],
+        last_row=last_row[order],
+        failures={int(dirty[c]): reason for c, reason in repaired.failures.items()},
+        partial_rows=repaired.partial_rows,
+        inconsistent_rows=repaired.inconsistent_rows,
+        gap_rows=repaired.gap_rows,
+    )
+
+
+def _repair(
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    volume: np.ndarray,
+    *,
+    min_bars: int,
+    max_stale_bars: int,
+) -> CleanBlock:
     open_, high, low, close = (_positive(a) for a in (open_, high, low, close))
     volume = np.array(volume, dtype=np.float64)
     volume[~(volume >= 0)] = 0.0

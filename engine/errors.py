@@ -5,6 +5,7 @@ Tree::
     TechnicError
     ├── InvalidConfig (also ValueError)   a ScanConfig field is out of range or unknown
     ├── DataError (also ValueError)       a universe or price source cannot be read
+    ├── WorkerDied                        a worker process of the executor died mid-scan
     └── ScanCancelled                     the caller's cancel event was set
 
 Callers that only care about "bad input" can catch ``ValueError``; the server maps
@@ -29,6 +30,10 @@ class InvalidConfig(TechnicError, ValueError):
 
 class DataError(TechnicError, ValueError):
     """A data source is missing, unreadable or has no usable rows."""
+
+
+class WorkerDied(TechnicError):
+    """The executor broke (a worker was killed, e.g. out of memory); the scan cannot finish."""
 
 
 class ScanCancelled(TechnicError):

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.block import PRICE_FIELDS, PriceBlock, Universe
+from engine.universe import read_universe_file
 
 SAMPLE_PATH = Path(__file__).parent / "data" / "sp500.npz.xz"
+UNIVERSE_PATH = Path(__file__).parent / "data" / "sp500_constituents.csv"
 _MISSING = -1
 
 
@@ -29,13 +31,7 @@ def _archive() -> dict[str, np.ndarray]:
 
 
 def load_sample_universe() -> Universe:
-    archive = _archive()
-    return Universe(
-        symbols=archive["universe_symbols"].astype(object),
-        names=archive["names"].astype(object),
-        sectors=archive["sectors"].astype(object),
-        industries=archive["industries"].astype(object),
-    )
+    return read_universe_file(UNIVERSE_PATH)
 
 
 @functools.cache

@@ -23,7 +23,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,7 +33,7 @@ import numpy as np
 from engine.block import Universe
 from engine.cache import BlockCache, cache_key, read_block
 from engine.chunk import NUMERIC_FIELDS, ChunkJob, ChunkResult, scan_chunk
-from engine.errors import InvalidConfig, ScanCancelled
+from engine.errors import InvalidConfig, ScanCancelled, WorkerDied
 from engine.progress import MultiStageProgressTracker, Snapshot
 from engine.providers import Provider, provider_for
 from engine.rating import signal
@@ -317,15 +317,58 @@ def _scan_symbols(
             while queue or pending:
                 while queue and len(pending) < limit:
                     pending.add(executor.submit(scan_chunk, queue.pop()))
-                finished, pending = wait(pending, timeout=CANCEL_POLL_S, return_when=FIRST_COMPLETED)
+                finished, pending = wait(
+                    pending, timeout=CANCEL_POLL_S, return_when=FIRST_COMPLETED
+                )
                 for future in finished:
                     record(future.result())
                 check_cancel()
+        except BrokenExecutor as error:
+            raise WorkerDied(
+                "a worker process died while scanning (killed, or out of memory)"
+            ) from error
         finally:
             for future in pending:
                 future.cancel()
     tracker.complete_stage(stage, f"Scanned {total} symbols")
     return results
+
+
+def _column(values: np.ndarray) -> list[Any]:
+    """A numeric column as Python floats, with None where the value is missing (JSON null)."""
+    listed = values.tolist()
+    if np.isfinite(values).all():
+        return listed
+    return [v if math.isfinite(v) else None for v in listed]
+
+
+def _rows(
+    universe: Universe,
+    dates: np.ndarray,
+    symbols: np.ndarray,
+    last_rows: np.ndarray,
+    values: dict[str, np.ndarray],
+    order: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Result rows in rank order, built column-wise: numpy -> lists once, then zip."""
+    position = {symbol: i for i, symbol in enumerate(universe.symbols)}
+    meta = np.array([position[s] for s in symbols[order]], dtype=np.int64)
+    columns: dict[str, list[Any]] = {
+        "symbol": [str(s) for s in symbols[order]],
+        "name": [str(s) for s in universe.names[meta]],
+        "sector": [str(s) for s in universe.sectors[meta]],
+        "industry": [str(s) for s in universe.industries[meta]],
+        "as_of": [str(d) for d in dates[last_rows[order]]],
+        "signal": signal(values["tech_rating"][order]).tolist(),
+    }
+    for name in NUMERIC_FIELDS:
+        columns[name] = _column(values[name][order])
+    ranks = range(1, len(order) + 1)
+    keys = ("rank", *ROW_FIELDS)
+    return [
+        dict(zip(keys, row, strict=True))
+        for row in zip(ranks, *(columns[name] for name in ROW_FIELDS), strict=True)
+    ]
 
 
 def _finalize(
@@ -359,28 +402,7 @@ def _finalize(
     tracker.update(stage, 3, "Building rows")
 
     universe = selection.universe
-    position = {symbol: i for i, symbol in enumerate(universe.symbols)}
-    signals = signal(values["tech_rating"])
-    rows: list[dict[str, Any]] = []
-    for rank, index in enumerate(order, start=1):
-        symbol = str(symbols[index])
-        meta = position[symbol]
-        text = {
-            "symbol": symbol,
-            "name": str(universe.names[meta]),
-            "sector": str(universe.sectors[meta]),
-            "industry": str(universe.industries[meta]),
-            "as_of": str(block.dates[last_rows[index]]),
-            "signal": str(signals[index]),
-        }
-        row: dict[str, Any] = {"rank": rank}
-        for name in ROW_FIELDS:
-            if name in text:
-                row[name] = text[name]
-            else:
-                number = float(values[name][index])
-                row[name] = number if math.isfinite(number) else None
-        rows.append(row)
+    rows = _rows(universe, block.dates, symbols, last_rows, values, order)
     tracker.update(stage, 4, f"{len(rows)} candidates")
     tracker.complete_stage(stage)
     failure_rows = [{"symbol": s, "reason": failures[s]} for s in sorted(failures)]

@@ -8,9 +8,8 @@ naming what is wrong), 130 cancelled with Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import datetime as dt
-import io
 import logging
 import sys
 import threading
@@ -22,9 +21,11 @@ import orjson
 
 from config import Settings, SettingsError
 from engine.errors import TechnicError
-from engine.scan import ROW_FIELDS, ScanResult, run_scan
+from engine.scan import ScanResult, run_scan
 from engine.scan_config import PROVIDERS, TRADE_STYLES, ScanConfig
+from server.cli_storage import add_storage_commands
 from server.terminal_view import LiveView
+from server.views import results_csv
 from server.workers import worker_pool
 
 log = logging.getLogger("technic")
@@ -44,6 +45,7 @@ TABLE_COLUMNS = (
     ("target", "Target", 9, "{:>9.2f}"),
     ("position_size", "Shares", 7, "{:>7.0f}"),
 )
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line: the program, the problem."""
@@ -135,11 +137,7 @@ def _format_results(result: ScanResult, output_format: str) -> str:
     if output_format == "json":
         return orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
     if output_format == "csv":
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["rank", *ROW_FIELDS], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(result.rows)
-        return buffer.getvalue()
+        return results_csv(result.rows)
     lines = [" ".join(f"{title:>{width}}" for _, title, width, _ in TABLE_COLUMNS)]
     for row in result.rows:
         cells = [
@@ -216,10 +214,58 @@ def _scan_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve_command(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"technic serve: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = dataclasses.replace(settings, **overrides)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvloop
+    from aiohttp import web
+
+    from server.app import create_app
+
+    uvloop.install()
+    log.info("technic %s serving on http://%s:%s", settings.host, settings.host, settings.port)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=15.0,
+        access_log=None,
+    )
+    return EXIT_OK
+
+
+def _add_serve_parser(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the HTTP/WebSocket/SSE service")
+    serve.add_argument("--host", help="interface to listen on (env HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port (env PORT, default 8000)")
+    serve.set_defaults(func=_serve_command)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="technic", description="Technical stock scanner service.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_scan_parser(commands)
+    _add_serve_parser(commands)
+    add_storage_commands(commands)
     return parser
 
 

@@ -36,7 +36,7 @@ BAR_WIDTH = 30
 
 
 def _bar(percent: float, width: int = BAR_WIDTH) -> str:
-    filled = int(round(width * min(max(percent, 0.0), 100.0) / 100.0))
+    filled = round(width * min(max(percent, 0.0), 100.0) / 100.0)
     return "█" * filled + "░" * (width - filled)
 
 
@@ -63,7 +63,9 @@ def render(snapshot: dict[str, Any]) -> list[str]:
         parts.append(f"{float(stage.get('progress') or 0):5.1f}%")
         total = stage.get("total")
         if total:
-            parts.append(f"{int(stage.get('current') or 0)}/{int(total)} {STAGE_UNITS.get(name, '')}")
+            parts.append(
+                f"{int(stage.get('current') or 0)}/{int(total)} {STAGE_UNITS.get(name, '')}"
+            )
         if stage.get("throughput"):
             parts.append(f"{stage['throughput']:.1f}/s")
         if stage.get("status") == "running":

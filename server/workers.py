@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 
 def _initialise_worker() -> None:
@@ -19,9 +20,47 @@ def _initialise_worker() -> None:
     import engine.chunk  # noqa: F401  (warm the import in the worker)
 
 
+def _ready() -> None:
+    """A no-op task: submitting one per worker starts them all now, not at the first chunk."""
+
+
 def worker_pool(max_workers: int) -> ProcessPoolExecutor:
+    """A pool whose workers start at once, while the scan is still loading its data."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["engine.chunk"])
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=max_workers, mp_context=context, initializer=_initialise_worker
     )
+    for _ in range(max_workers):
+        pool.submit(_ready)
+    return pool
+
+
+class WorkerPool:
+    """The shared pool, rebuilt when a worker process dies.
+
+    A worker killed mid-chunk breaks a ``ProcessPoolExecutor`` for good: every later
+    ``submit`` raises ``BrokenProcessPool``. The scan that was running fails with a clear
+    error (the job manager says so); the next ``submit`` here builds a fresh pool, so the
+    next scan runs as if nothing happened.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        self._pool = worker_pool(max_workers)
+        self.rebuilds = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return self._pool.submit(fn, *args, **kwargs)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = worker_pool(self._max_workers)
+            self.rebuilds += 1
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def worker_pids(self) -> list[int]:
+        return [process.pid for process in (self._pool._processes or {}).values()]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)

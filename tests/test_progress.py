@@ -76,15 +76,32 @@ def test_snapshot_has_every_seed_field() -> None:
     tracker = make(FakeClock(), [], scan_id="abc")
     snap = tracker.snapshot()
     seed_fields = {
-        "scan_id", "status", "current_stage", "stages", "overall_progress", "overall_eta",
-        "overall_eta_formatted", "stage_progress", "stage_eta", "stage_eta_formatted",
-        "stage_throughput", "message",
+        "scan_id",
+        "status",
+        "current_stage",
+        "stages",
+        "overall_progress",
+        "overall_eta",
+        "overall_eta_formatted",
+        "stage_progress",
+        "stage_eta",
+        "stage_eta_formatted",
+        "stage_throughput",
+        "message",
     }
     extra = {"seq", "elapsed_seconds", "started_at", "completed_at", "error"}
     assert seed_fields | extra <= set(snap)
     assert list(snap["stages"]) == [name for name, _ in SCAN_STAGES]
     for stage in snap["stages"].values():
-        assert {"weight", "progress", "status", "current", "total", "duration", "throughput"} <= set(stage)
+        assert {
+            "weight",
+            "progress",
+            "status",
+            "current",
+            "total",
+            "duration",
+            "throughput",
+        } <= set(stage)
     assert snap["scan_id"] == "abc"
 
 
@@ -122,9 +139,7 @@ def test_overall_eta_sums_each_stage_remaining_work_not_elapsed_over_progress() 
 
 def test_priors_give_an_eta_before_any_unit_is_done() -> None:
     clock, emitted = FakeClock(), []
-    tracker = make(
-        clock, emitted, stages=(("a", 0.5), ("b", 0.5)), priors={"a": 0.1, "b": 0.5}
-    )
+    tracker = make(clock, emitted, stages=(("a", 0.5), ("b", 0.5)), priors={"a": 0.1, "b": 0.5})
     tracker.set_total("a", 100)
     tracker.set_total("b", 100)
     tracker.start_stage("a")

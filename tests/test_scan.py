@@ -66,7 +66,10 @@ def test_scan_indicators_equal_talib_on_complete_real_data(sample_scan) -> None:
     rows = {row["symbol"]: row for row in result.rows}
     checked = 0
     for column, symbol in enumerate(block.symbols):
-        bars = {n: np.array(block.field(n)[window, column]) for n in ("open", "high", "low", "close", "volume")}
+        bars = {
+            n: np.array(block.field(n)[window, column])
+            for n in ("open", "high", "low", "close", "volume")
+        }
         complete = all(np.isfinite(v).all() for v in bars.values())
         consistent = np.all(
             (bars["high"] >= np.maximum(bars["open"], bars["close"]))
@@ -78,12 +81,20 @@ def test_scan_indicators_equal_talib_on_complete_real_data(sample_scan) -> None:
         macd, macd_signal, macd_hist = talib.MACD(close, 12, 26, 9)
         upper, middle, lower = talib.BBANDS(close, 20, 2.0, 2.0)
         expected = {
-            "sma20": talib.SMA(close, 20), "sma50": talib.SMA(close, 50),
-            "sma200": talib.SMA(close, 200), "ema12": talib.EMA(close, 12),
-            "ema26": talib.EMA(close, 26), "rsi14": talib.RSI(close, 14),
-            "macd": macd, "macd_signal": macd_signal, "macd_hist": macd_hist,
-            "atr14": talib.ATR(high, low, close, 14), "adx14": talib.ADX(high, low, close, 14),
-            "bb_upper": upper, "bb_middle": middle, "bb_lower": lower,
+            "sma20": talib.SMA(close, 20),
+            "sma50": talib.SMA(close, 50),
+            "sma200": talib.SMA(close, 200),
+            "ema12": talib.EMA(close, 12),
+            "ema26": talib.EMA(close, 26),
+            "rsi14": talib.RSI(close, 14),
+            "macd": macd,
+            "macd_signal": macd_signal,
+            "macd_hist": macd_hist,
+            "atr14": talib.ATR(high, low, close, 14),
+            "adx14": talib.ADX(high, low, close, 14),
+            "bb_upper": upper,
+            "bb_middle": middle,
+            "bb_lower": lower,
             "high_52w": talib.MAX(high, 252),
         }
         for field, series in expected.items():
@@ -200,25 +211,32 @@ def write_csv(path: Path, text: str) -> None:
 def test_csv_provider_copes_with_messy_files(tmp_path: Path) -> None:
     dates = np.busday_offset("2020-01-01", np.arange(60), roll="forward")
     good = "\n".join(
-        f"{d},{10 + i * 0.1:.2f},{10.5 + i * 0.1:.2f},{9.5 + i * 0.1:.2f},{10.2 + i * 0.1:.2f},{1000 + i}"
+        f"{d},{10 + i / 10:.2f},{10.5 + i / 10:.2f},{9.5 + i / 10:.2f},{10.2 + i / 10},{1000 + i}"
         for i, d in enumerate(dates)
     )
+    short = "\n".join(f"{d},{20 + i}" for i, d in enumerate(dates[-10:]))
     write_csv(tmp_path / "GOOD.csv", "Date,Open,High,Low,Close,Volume\n" + good)
     write_csv(tmp_path / "lower.csv", "date,open,high,low,close,volume\n" + good)
     write_csv(tmp_path / "BADCOLS.csv", "when,price\n2020-01-01,3")
     write_csv(tmp_path / "JUNK.csv", "Date,Open,High,Low,Close,Volume\nnot-a-date,x,y,z,w,v")
-    write_csv(tmp_path / "SHORT.csv", "Date,Close\n2020-01-01,5\n2020-01-02,6")
+    write_csv(tmp_path / "STALE.csv", "Date,Close\n2020-01-01,5\n2020-01-02,6")
+    write_csv(tmp_path / "SHORT.csv", "DATE,CLOSE\n" + short)
     result = run_scan(ScanConfig(provider="csv", data_dir=str(tmp_path)))
     assert {row["symbol"] for row in result.rows} == {"GOOD", "LOWER"}
     reasons = {f["symbol"]: f["reason"] for f in result.failures}
     assert reasons["BADCOLS"] == "BADCOLS.csv has no date or close column"
     assert reasons["JUNK"] == "JUNK.csv has no rows with a valid date"
-    assert reasons["SHORT"].startswith("only 2 bars") or "stale" in reasons["SHORT"]
+    assert reasons["STALE"] == "stale: no bar in the last 58 sessions"
+    assert reasons["SHORT"] == "only 10 bars of history (need 20)"
 
 
 def test_csv_universe_file_with_ticker_column(tmp_path: Path) -> None:
     universe = tmp_path / "universe.csv"
-    universe.write_text("Ticker,NAME,Sector,SubIndustry\naapl,Apple,Information Technology,Hw\nxom,Exxon,Energy,Oil\n")
+    universe.write_text(
+        "Ticker,NAME,Sector,SubIndustry\n"
+        "aapl,Apple,Information Technology,Hw\n"
+        "xom,Exxon,Energy,Oil\n"
+    )
     result = run_scan(ScanConfig(universe_file=str(universe), sectors=("Energy",)))
     assert [row["symbol"] for row in result.rows] == ["XOM"]
     assert result.rows[0]["name"] == "Exxon"

@@ -5,6 +5,9 @@ exactly as integer cents; each symbol's series is delta-encoded along time and t
 archive is xz-compressed. That keeps 606,801 rows at about 5 MB in the repository and loads
 in half a second. -1 marks a missing value (no real price or volume is negative).
 
+The universe (``constituents.csv``) is copied as is to ``sp500_constituents.csv``: it is
+small, and reading it must not wait for the bars to be decoded.
+
 Usage: ``python -m engine.data.convert_sample ../shared/data/sp500-2012-2017``
 """
 
@@ -24,7 +27,6 @@ FIELDS = ("open", "high", "low", "close", "volume")
 
 def convert(source_dir: Path, target: Path) -> None:
     bars = pd.read_csv(source_dir / "daily_ohlcv.csv.gz")
-    constituents = pd.read_csv(source_dir / "constituents.csv", dtype=str)
     dates = np.sort(bars["date"].unique())
     symbols = np.sort(bars["symbol"].unique())
     date_index = np.searchsorted(dates, bars["date"].to_numpy())
@@ -44,10 +46,6 @@ def convert(source_dir: Path, target: Path) -> None:
         buffer,
         dates=dates.astype("datetime64[D]"),
         symbols=symbols.astype(str),
-        universe_symbols=constituents["symbol"].to_numpy(dtype=str),
-        names=constituents["name"].fillna("").to_numpy(dtype=str),
-        sectors=constituents["sector"].fillna("").to_numpy(dtype=str),
-        industries=constituents["sub_industry"].fillna("").to_numpy(dtype=str),
         **arrays,
     )
     target.write_bytes(lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME))
