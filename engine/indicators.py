@@ -7,7 +7,7 @@ column per symbol. Columns are *left-aligned*: a column's first bar is row 0 and
 run without interior NaN up to that column's own length; the rows after it may be NaN (a
 shorter history). Every indicator here is causal (row ``t`` depends on rows ``<= t``
 only) and every column starts on row 0, so all columns share the same warm-up rows: a seed
-(the first SMA of an EMA, the first Wilder average...) is one vectorised step for all
+(the first SMA of an EMA, the first Wilder average...) falls on the same row for all
 symbols, and a column's result on its own valid rows equals TA-Lib run on that prefix
 alone. What lies below a column's end (NaN, or anything else) can only change that
 column's rows below its end, which nobody reads.
@@ -18,35 +18,56 @@ history is too short for the indicator.
 
 Parity with TA-Lib
 ------------------
-Each function follows TA-Lib's own arithmetic (the 0.8 C core, default compatibility,
-unstable period 0): the same seeds, the same update formulas, the same running sums for
-moving windows and the same zero tests, so results agree with ``talib`` to a few units of
-rounding (TA-Lib fuses some multiply-adds, numpy cannot), far inside 1e-9 relative.
-Where TA-Lib's conventions are surprising the docstrings say so: RSI of a flat series is
-0, ADX of a flat series is 0, MACD seeds its fast EMA late, and ADX's first values sum
-``period - 1`` bars, not ``period``.
+Each function follows the arithmetic of the TA-Lib C core that the ``talib`` wheel ships
+(0.8, default compatibility, unstable period 0) operation for operation, as its machine
+code does it where 0.8 departs from the classic C source: the same seeds, summed in the
+same order; the same updates (an EMA's ``((x - prev) * k) + prev``, ADX's Wilder sums ``s
+- s / period + value``, RSI's averages multiplied by ``1 / period`` rather than divided,
+ATR's ``atr * k + tr * (1 - k)``); the same running sums for moving windows; the same zero
+tests; and the same fused multiply-adds (see :func:`_fma`). On the tests' real and
+synthetic bars every value is bit-identical to ``talib``'s; another TA-Lib build may differ
+by a rounding, far inside the tests' 1e-9 relative. Where TA-Lib's conventions are
+surprising the docstrings say so: RSI of a flat series is 0, ADX of a flat series is 0,
+MACD seeds its fast EMA late, and ADX's first values sum ``period - 1`` bars, not
+``period``.
 
-Why loops over rows
--------------------
-No function loops over symbols. Recursions (EMA, Wilder smoothing) and moving windows are
-a loop over the ``T`` rows in which each step is a few numpy calls across all ``S``
-symbols, on state vectors that stay in the CPU cache. The block-wide alternatives are
-slower here because they are memory-bound: on 504 x 10,000 bars one pass over a 40 MB
-array costs about as much as a whole row loop (~10 ms), ``scipy.signal.lfilter`` along
-axis 0 takes ~70 ms per recursion (it runs each symbol's recursion serially, latency-bound)
-against ~8 ms for a row loop, and a cumulative-sum window would round differently from
-TA-Lib's running sums. Streaming rows reads each input row once and writes each output
-row once, which is the floor: allocating and filling one fresh 504 x 10,000 float64 output
-alone costs ~12 ms there (page faults and memory bandwidth).
+Why compiled loops
+------------------
+The recursions (EMA, Wilder smoothing) and the moving windows are loops over the ``T``
+rows. Written as numpy calls across all ``S`` symbols per row, a 504-row recursion costs
+several microseconds of call overhead per row whatever the width, which dominates at the
+scanner's chunk width (~625 symbols). So each indicator is a numba kernel
+(:func:`numba.njit`): rows in the outer loop, symbols in the inner loop, per-symbol state
+in vectors of length ``S``. On C-ordered ``[T, S]`` blocks the inner loop walks
+contiguous memory, the ``S`` recursions are independent so they pipeline (and vectorise
+where the loop has no branch) instead of waiting on one another's divides, and each input
+row is read once and each output row written once. The block-wide numpy alternatives are
+slower: ``scipy.signal.lfilter`` along axis 0 runs each symbol's recursion serially, and a
+cumulative-sum window would round differently from TA-Lib's running sums.
+
+The kernels are compiled with ``cache=True``. The first call of a kernel compiles it (0.2
+to 5 s, about 13 s for all of them) and stores the machine code next to this file in
+``__pycache__`` (or numba's user cache directory if that is read-only), keyed by this
+file's timestamp and the CPU; numba writes cache files atomically, so worker processes
+compiling or loading at once are safe. A later process loads a kernel in about 10 ms, after
+a one-off ~0.6 s of numba start-up on its first call: :func:`warm_up` pays all that up
+front. ``error_model="numpy"`` gives IEEE results (``x / 0`` is inf or NaN, as in TA-Lib's
+C) instead of exceptions, and ``fastmath`` stays off so that nothing is reordered, or fused
+unless TA-Lib fuses it too. ``nogil=True`` lets threads run kernels in parallel. Inputs are
+converted to C-contiguous float64 first, so each kernel compiles for one array type (a
+read-only input is another type: it compiles once more).
 """
 
 from __future__ import annotations
 
-import math
 import operator
 
+import llvmlite.binding
+import numba
 import numpy as np
 import numpy.typing as npt
+from numba import types
+from numba.extending import intrinsic
 
 __all__ = [
     "adx",
@@ -64,12 +85,17 @@ __all__ = [
 ]
 
 Array = npt.NDArray[np.float64]
-Mask = npt.NDArray[np.bool_]
 
 # TA-Lib's TA_IS_ZERO band (TA_EPSILON). In the 0.8 core it is only applied to the sum of
 # ADX's two directional indicators; RSI's and ADX's true-range tests are exact.
 _TA_EPSILON = 1e-14
-_SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
+
+_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+# The talib wheel's C core is built twice for EMA, MACD, ATR and BBANDS, plain and with
+# fused multiply-adds, and picks the FMA build at load time on CPUs that have FMA (GCC
+# target_clones). numba compiles for the host CPU, so the same test decides here.
+_HOST_HAS_FMA = "+fma" in llvmlite.binding.get_host_cpu_features().flatten().split(",")
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,13 +103,11 @@ _SMALLEST_NORMAL = float(np.finfo(np.float64).tiny)
 
 
 def _block(values: npt.ArrayLike, name: str) -> Array:
-    """``values`` as a float64 ``[T, S]`` array with contiguous rows (no copy if it has)."""
+    """``values`` as a C-contiguous float64 ``[T, S]`` array (no copy if it is one)."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-D [T, S] array, got shape {array.shape}")
-    if array.shape[1] > 1 and array.strides[1] != array.itemsize:
-        array = np.ascontiguousarray(array)
-    return array
+    return np.ascontiguousarray(array)
 
 
 def _blocks(**named: npt.ArrayLike) -> list[Array]:
@@ -109,78 +133,78 @@ def _output(shape: tuple[int, int], lookback: int) -> Array:
     return out
 
 
-def _true_range(
-    high: Array, low: Array, prev_close: Array, out: Array, spare: Array, flags: Mask
-) -> Array:
-    """TA-Lib's true range ``max(high - low, |prev_close - high|, |prev_close - low|)``.
+def _outputs(shape: tuple[int, int], lookback: int) -> tuple[Array, Array, Array]:
+    """Three outputs as :func:`_output`, cut from one allocation.
 
-    When ``high >= low`` that maximum is ``max(high, prev) - min(low, prev)``: three calls
-    instead of seven and bit-identical (the result is one of TA-Lib's own differences).
-    Columns with ``high < low`` (bad data, which cleaning removes but TA-Lib accepts) take
-    the literal formula, so the result is TA-Lib's whatever the input.
+    Why: fresh memory costs a page fault per 4 KiB page on first write, several
+    microseconds each on a virtual machine, and three [504, 625] outputs are 1,800 of them
+    (about 7 ms, twenty times MACD's arithmetic). numpy asks for transparent huge pages for
+    an allocation of 4 MiB or more, which one block of three usually is.
     """
-    np.maximum(high, prev_close, out=out)
-    np.minimum(low, prev_close, out=spare)
-    np.subtract(out, spare, out=out)
-    np.less(high, low, out=flags)
-    if flags.any():
-        bad = np.flatnonzero(flags)
-        hl = high[bad] - low[bad]
-        up = np.abs(prev_close[bad] - high[bad])
-        down = np.abs(prev_close[bad] - low[bad])
-        out[bad] = np.maximum(np.maximum(hl, up), down)
-    return out
+    block = np.empty((3, *shape))
+    block[:, : min(lookback, shape[0])] = np.nan
+    return block[0], block[1], block[2]
 
 
-class _DecayingFloor:
-    """Whether any column of a Wilder state has fallen below a threshold, checked cheaply.
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` as TA-Lib computes it on this CPU: one rounding (a fused multiply-add)
+    where TA-Lib runs its FMA build, two roundings where it runs its plain one."""
+    signature = types.float64(types.float64, types.float64, types.float64)
 
-    A state updated as ``s = decay * s + value`` with ``value >= 0`` keeps every column at
-    least ``decay`` times its previous value, so once the smallest column has been seen at
-    ``m`` none can cross ``threshold`` for about ``log(threshold / m) / log(decay)`` rows.
-    The NaN-ignoring minimum is taken again only then (one row early, which absorbs
-    rounding) instead of on every row.
+    def codegen(context, builder, sig, args):
+        x, y, z = args
+        if _HOST_HAS_FMA:
+            return builder.fma(x, y, z)
+        return builder.fadd(builder.fmul(x, y), z)
+
+    return signature, codegen
+
+
+@_kernel
+def _true_range(high: float, low: float, prev_close: float) -> float:
+    """TA-Lib's true range, literally: ``high - low``, replaced by ``|prev_close - high|``
+    or ``|prev_close - low|`` when either is strictly greater.
+
+    Being literal keeps TA-Lib's result on bad bars (``high < low``) and its handling of a
+    NaN previous close (the comparisons fail, so the range is ``high - low``).
     """
-
-    __slots__ = ("decay", "next_row", "threshold")
-
-    def __init__(self, threshold: float, decay: float) -> None:
-        self.threshold = threshold
-        self.decay = decay
-        self.next_row = 0
-
-    def below(self, state: Array, row: int) -> bool:
-        if row < self.next_row:
-            return False
-        low = float(np.fmin.reduce(state))
-        if low < self.threshold:
-            self.next_row = row + 1
-            return True
-        safe = 1
-        if math.isfinite(low) and 0.0 < self.decay < 1.0:
-            safe = max(1, int(math.log(self.threshold / low) / math.log(self.decay)) - 1)
-        self.next_row = row + safe
-        return False
+    greatest = high - low
+    up = abs(prev_close - high)
+    greatest = up if up > greatest else greatest
+    down = abs(prev_close - low)
+    return down if down > greatest else greatest
 
 
-class _Raised:
-    """An ``np.errstate(call=...)`` handler that notes a floating-point error was raised.
+@_kernel
+def _accumulate(total: Array, row: Array) -> None:
+    """``total += row``, one addition per column, in row order as TA-Lib's seed sums."""
+    for s in range(total.shape[0]):
+        total[s] += row[s]
 
-    numpy checks the floating-point flags after every ufunc call anyway, so watching for
-    a rare zero denominator this way costs nothing on the rows that have none.
-    """
 
-    __slots__ = ("seen",)
-
-    def __init__(self) -> None:
-        self.seen = False
-
-    def __call__(self, kind: str, flag: int) -> None:
-        self.seen = True
+@_kernel
+def _max(a: float, b: float) -> float:
+    """``np.maximum`` of two floats: the larger, NaN if either is NaN."""
+    return a if (a >= b or a != a) else b
 
 
 # ---------------------------------------------------------------------------------------
 # Moving averages and windows
+
+
+@_kernel
+def _sma_rows(values: Array, period: int, out: Array) -> None:
+    rows, columns = values.shape
+    total = np.zeros(columns)
+    for t in range(period - 1):
+        _accumulate(total, values[t])
+    for t in range(period - 1, rows):
+        row, oldest, result = values[t], values[t - period + 1], out[t]
+        for s in range(columns):
+            running = total[s] + row[s]
+            result[s] = running / period
+            total[s] = running - oldest[s]
 
 
 def sma(x: npt.ArrayLike, period: int) -> Array:
@@ -196,22 +220,36 @@ def sma(x: npt.ArrayLike, period: int) -> Array:
     out = _output((rows, columns), period - 1)
     if rows < period or columns == 0:
         return out
-    total = values[: period - 1].sum(axis=0)
-    for t in range(period - 1, rows):
-        total += values[t]
-        np.divide(total, period, out=out[t])
-        total -= values[t - period + 1]
+    _sma_rows(values, period, out)
     return out
 
 
 rolling_mean = sma
 
 
+@_kernel
+def _ema_rows(values: Array, period: int, out: Array) -> None:
+    rows, columns = values.shape
+    k = 2.0 / (period + 1)
+    seed = np.zeros(columns)
+    for t in range(period):
+        _accumulate(seed, values[t])
+    first = out[period - 1]
+    for s in range(columns):
+        first[s] = seed[s] / period
+    for t in range(period, rows):
+        row, previous, result = values[t], out[t - 1], out[t]
+        for s in range(columns):
+            prev = previous[s]
+            result[s] = _fma(row[s] - prev, k, prev)
+
+
 def ema(x: npt.ArrayLike, period: int) -> Array:
     """Exponential moving average, as ``talib.EMA``: ``k = 2 / (period + 1)``.
 
     TA-Lib seeds the EMA with the simple average of the first ``period`` values (first
-    output on row ``period - 1``), then applies ``((x - prev) * k) + prev``; so does this.
+    output on row ``period - 1``), then applies ``((x - prev) * k) + prev``, one rounding
+    for the multiply-add on FMA CPUs (see :func:`_fma`); so does this.
     """
     values = _block(x, "x")
     period = _period(period, "period", 1)
@@ -219,15 +257,36 @@ def ema(x: npt.ArrayLike, period: int) -> Array:
     out = _output((rows, columns), period - 1)
     if rows < period or columns == 0:
         return out
-    k = 2.0 / (period + 1)
-    np.divide(values[:period].sum(axis=0), period, out=out[period - 1])
-    step = np.empty(columns)
-    for t in range(period, rows):
-        previous = out[t - 1]
-        np.subtract(values[t], previous, out=step)
-        step *= k
-        np.add(step, previous, out=out[t])
+    _ema_rows(values, period, out)
     return out
+
+
+@_kernel
+def _rolling_max_rows(values: Array, period: int, out: Array) -> None:
+    rows, columns = values.shape
+    suffix = np.empty((period, columns))  # suffix maxima of the previous block
+    running = np.empty(columns)  # running maximum of the current block
+    for start in range(0, rows, period):
+        stop = min(start + period, rows)
+        running[:] = values[start]
+        for t in range(start, stop):
+            offset = t - start
+            row, result = values[t], out[t]
+            if offset > 0:
+                for s in range(columns):
+                    running[s] = _max(running[s], row[s])
+            if offset == period - 1:  # the window is exactly this block
+                result[:] = running
+            elif start > 0:  # the previous block's tail and this block's head
+                tail = suffix[offset + 1]
+                for s in range(columns):
+                    result[s] = _max(tail[s], running[s])
+        if stop < rows:  # the next block needs this (complete) block's suffix maxima
+            suffix[period - 1] = values[stop - 1]
+            for offset in range(period - 2, 0, -1):
+                later, row, current = suffix[offset + 1], values[start + offset], suffix[offset]
+                for s in range(columns):
+                    current[s] = _max(later[s], row[s])
 
 
 def rolling_max(x: npt.ArrayLike, period: int) -> Array:
@@ -235,8 +294,9 @@ def rolling_max(x: npt.ArrayLike, period: int) -> Array:
 
     Van Herk / Gil-Werman: the rows are cut into blocks of ``period``; a window ending
     inside block ``b`` is the running max of block ``b`` so far together with the suffix
-    max of block ``b - 1`` from the window's first row. Three calls per row whatever the
-    period, and a max is exact, so there is nothing to round differently from TA-Lib.
+    max of block ``b - 1`` from the window's first row. Three comparisons per value
+    whatever the period, and a max is exact, so there is nothing to round differently from
+    TA-Lib.
     """
     values = _block(x, "x")
     period = _period(period, "period", 2)
@@ -244,25 +304,86 @@ def rolling_max(x: npt.ArrayLike, period: int) -> Array:
     out = _output((rows, columns), period - 1)
     if rows < period or columns == 0:
         return out
-    suffix = np.empty((period, columns))  # suffix maxima of the previous block
-    running = np.empty(columns)  # running maximum of the current block
-    for start in range(0, rows, period):
-        stop = min(start + period, rows)
-        for t in range(start, stop):
-            offset = t - start
-            if offset == 0:
-                np.copyto(running, values[t])
-            else:
-                np.maximum(running, values[t], out=running)
-            if offset == period - 1:  # the window is exactly this block
-                out[t] = running
-            elif start > 0:  # the previous block's tail and this block's head
-                np.maximum(suffix[offset + 1], running, out=out[t])
-        if stop < rows:  # the next block needs this (complete) block's suffix maxima
-            suffix[period - 1] = values[stop - 1]
-            for offset in range(period - 2, 0, -1):
-                np.maximum(suffix[offset + 1], values[start + offset], out=suffix[offset])
+    _rolling_max_rows(values, period, out)
     return out
+
+
+@_kernel
+def _bollinger_rows(
+    values: Array, period: int, deviations: float, upper: Array, middle: Array, lower: Array
+) -> None:
+    rows, columns = values.shape
+    inverse = 1.0 / period
+    reseed_every = 32 * period
+    shift = values[0].copy()
+    ring = np.empty((2, period, columns))  # [deviation, squared deviation] of window rows
+    sums = np.zeros((2, columns))  # [sum of deviations, sum of squared deviations]
+    total = np.zeros(columns)  # the SMA's running sum
+    for t in range(period - 1):
+        for s in range(columns):
+            deviation = values[t, s] - shift[s]
+            squared = deviation * deviation
+            ring[0, t, s] = deviation
+            ring[1, t, s] = squared
+            sums[0, s] += deviation
+            sums[1, s] += squared
+            total[s] += values[t, s]
+    for t in range(period - 1, rows):
+        slot = t % period
+        oldest = (t + 1) % period
+        periodic = (t - period + 1) % reseed_every == reseed_every - 1
+        for s in range(columns):
+            row = values[t, s]
+            deviation = row - shift[s]
+            squared = deviation * deviation
+            ring[0, slot, s] = deviation
+            ring[1, slot, s] = squared
+            sums[0, s] += deviation
+            sums[1, s] += squared
+            mean = sums[0, s] * inverse
+            mean_square = sums[1, s] * inverse
+            variance = mean_square - mean * mean
+            if periodic or variance / mean_square < 1e-6:
+                variance = _reseed_variance(values, t, period, s, shift, ring, sums)
+            running = total[s] + row
+            mid = running / period
+            total[s] = running - values[t - period + 1, s]
+            width = np.sqrt(variance) * deviations
+            middle[t, s] = mid
+            upper[t, s] = mid + width
+            lower[t, s] = mid - width
+            sums[0, s] -= ring[0, oldest, s]
+            sums[1, s] -= ring[1, oldest, s]
+
+
+@_kernel
+def _reseed_variance(
+    values: Array, t: int, period: int, s: int, shift: Array, ring: Array, sums: Array
+) -> float:
+    """Re-centre column ``s``'s variance sums on its current window's mean; its variance."""
+    first = t - period + 1
+    centre = 0.0
+    for r in range(first, t + 1):
+        centre += values[r, s]
+    centre *= 1.0 / period
+    sum_deviation = 0.0
+    sum_squared = 0.0
+    for r in range(first, t + 1):
+        deviation = values[r, s] - centre
+        squared = deviation * deviation
+        ring[0, r % period, s] = deviation
+        ring[1, r % period, s] = squared
+        sum_deviation += deviation
+        sum_squared += squared
+    shift[s] = centre
+    sums[0, s] = sum_deviation
+    sums[1, s] = sum_squared
+    mean = sum_deviation * (1.0 / period)
+    mean_square = sum_squared * (1.0 / period)
+    variance = mean_square - mean * mean
+    if variance < 1e-12 * mean_square:
+        variance = 0.0
+    return variance
 
 
 def bollinger(
@@ -285,96 +406,67 @@ def bollinger(
     period = _period(period, "period", 2)
     deviations = float(stddev)
     rows, columns = values.shape
-    upper = _output((rows, columns), period - 1)
-    middle = _output((rows, columns), period - 1)
-    lower = _output((rows, columns), period - 1)
+    upper, middle, lower = _outputs((rows, columns), period - 1)
     if rows < period or columns == 0:
         return upper, middle, lower
-    inverse = 1.0 / period
-    reseed_every = 32 * period
-    shift = values[0].copy()
-    ring = np.empty((2, period, columns))  # [deviation, squared deviation] of window rows
-    sums = np.zeros((2, columns))  # [sum of deviations, sum of squared deviations]
-    total = values[: period - 1].sum(axis=0)  # the SMA's running sum
-    for t in range(period - 1):
-        np.subtract(values[t], shift, out=ring[0, t])
-        np.multiply(ring[0, t], ring[0, t], out=ring[1, t])
-        sums += ring[:, t]
-    means = np.empty((2, columns))  # [mean deviation, mean squared deviation]
-    variance = np.empty(columns)
-    cancellation = np.empty(columns)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for t in range(period - 1, rows):
-            row = values[t]
-            newest = ring[:, t % period]
-            np.subtract(row, shift, out=newest[0])
-            np.multiply(newest[0], newest[0], out=newest[1])
-            sums += newest
-            np.multiply(sums, inverse, out=means)
-            np.multiply(means[0], means[0], out=variance)
-            np.subtract(means[1], variance, out=variance)
-            np.divide(variance, means[1], out=cancellation)
-            periodic = (t - period + 1) % reseed_every == reseed_every - 1
-            if periodic or np.fmin.reduce(cancellation) < 1e-6:
-                reseed = np.arange(columns) if periodic else np.flatnonzero(cancellation < 1e-6)
-                _reseed_variance(values, t, period, reseed, shift, ring, sums, variance)
-            mid = middle[t]
-            total += row
-            np.divide(total, period, out=mid)
-            total -= values[t - period + 1]
-            np.sqrt(variance, out=variance)
-            variance *= deviations
-            np.add(mid, variance, out=upper[t])
-            np.subtract(mid, variance, out=lower[t])
-            sums -= ring[:, (t + 1) % period]
+    _bollinger_rows(values, period, deviations, upper, middle, lower)
     return upper, middle, lower
-
-
-def _reseed_variance(
-    values: Array,
-    t: int,
-    period: int,
-    columns: npt.NDArray[np.intp],
-    shift: Array,
-    ring: Array,
-    sums: Array,
-    variance: Array,
-) -> None:
-    """Re-centre the variance sums of ``columns`` on their current window's mean."""
-    first = t - period + 1
-    window = values[first : t + 1][:, columns]
-    centre = window.sum(axis=0) * (1.0 / period)
-    deviation = window - centre
-    squared = deviation * deviation
-    slots = np.arange(first, t + 1) % period
-    ring[0][np.ix_(slots, columns)] = deviation
-    ring[1][np.ix_(slots, columns)] = squared
-    shift[columns] = centre
-    sums[0, columns] = deviation.sum(axis=0)
-    sums[1, columns] = squared.sum(axis=0)
-    mean = sums[0, columns] * (1.0 / period)
-    mean_square = sums[1, columns] * (1.0 / period)
-    recomputed = mean_square - mean * mean
-    recomputed[recomputed < 1e-12 * mean_square] = 0.0
-    variance[columns] = recomputed
 
 
 # ---------------------------------------------------------------------------------------
 # Momentum
 
 
+@_kernel
+def _rsi_value(gain: float, loss: float) -> float:
+    total = loss + gain
+    return (gain / total) * 100.0 if total > 0.0 else 0.0
+
+
+@_kernel
+def _rsi_rows(values: Array, period: int, out: Array) -> None:
+    rows, columns = values.shape
+    keep = float(period - 1)
+    inverse = 1.0 / period
+    gain = np.zeros(columns)
+    loss = np.zeros(columns)
+    for t in range(1, period + 1):
+        row, previous = values[t], values[t - 1]
+        for s in range(columns):
+            change = row[s] - previous[s]
+            rise = change if change > 0.0 else 0.0
+            gain[s] += rise
+            loss[s] += rise - change
+    first = out[period]
+    for s in range(columns):
+        gain[s] *= inverse
+        loss[s] *= inverse
+        first[s] = _rsi_value(gain[s], loss[s])
+    for t in range(period + 1, rows):
+        row, previous, result = values[t], values[t - 1], out[t]
+        for s in range(columns):
+            change = row[s] - previous[s]
+            rise = change if change > 0.0 else 0.0
+            average_gain = (gain[s] * keep + rise) * inverse
+            average_loss = ((rise - change) + loss[s] * keep) * inverse
+            gain[s] = average_gain
+            loss[s] = average_loss
+            result[s] = _rsi_value(average_gain, average_loss)
+
+
 def rsi(close: npt.ArrayLike, period: int = 14) -> Array:
     """Relative strength index, as ``talib.RSI`` (Wilder smoothing, unstable period 0).
 
-    The first average gain and loss (row ``period``) are plain means of the first
-    ``period`` changes; after that ``avg = (avg * (period - 1) + change) / period``. RSI
-    is ``100 * gain / (gain + loss)``, and 0 where ``gain + loss`` is exactly 0: TA-Lib
-    0.8 gives a flat series RSI 0 (not 50), a series that only rises 100 and one that only
-    falls 0. (TA-Lib used to zero anything below 1e-8, which killed the RSI of finely
-    quoted instruments; upstream TA-Lib later moved the flat case to 50.)
-
-    The state kept is ``period`` times the averages, ``s = s * (period - 1) / period +
-    change``: one call fewer per row, and the factor cancels in ``gain / (gain + loss)``.
+    The first average gain and loss (row ``period``) are means of the first ``period``
+    changes, then Wilder's ``avg = (avg * (period - 1) + move) / period``. TA-Lib 0.8
+    writes both with a multiplication by ``1 / period`` rather than a division, and splits
+    a change into ``rise = max(change, 0)`` and ``rise - change``; so does this, which
+    makes the results bit-identical. RSI is ``(gain / (loss + gain)) * 100``, and 0 where
+    ``loss + gain`` is not positive (NaN included): TA-Lib 0.8 gives a flat series RSI 0
+    (not 50), a series that only rises 100 and one that only falls 0, and tests the sum
+    exactly, not against an epsilon. (TA-Lib used to zero anything below 1e-8, which
+    killed the RSI of finely quoted instruments; upstream TA-Lib later moved the flat case
+    to 50.) Neither multiply-add is fused: TA-Lib has no FMA build of RSI.
     """
     values = _block(close, "close")
     period = _period(period, "period", 2)
@@ -382,32 +474,60 @@ def rsi(close: npt.ArrayLike, period: int = 14) -> Array:
     out = _output((rows, columns), period)
     if rows <= period or columns == 0:
         return out
-    decay = (period - 1) / period
-    state = np.zeros((2, columns))  # period * [average gain, average loss]
-    gain, loss = state
-    change = np.empty(columns)
-    moves = np.empty((2, columns))  # [gain, loss] of one row
-    zeros = np.zeros(columns)
-    denominator = np.empty(columns)
-    undefined = _Raised()  # 0 / 0: no gain and no loss at all
-    with np.errstate(divide="ignore", invalid="call", call=undefined):
-        for t in range(1, rows):
-            np.subtract(values[t], values[t - 1], out=change)
-            np.maximum(change, zeros, out=moves[0])
-            np.subtract(moves[0], change, out=moves[1])  # exactly max(-change, 0)
-            if t > period:
-                state *= decay
-            state += moves
-            if t < period:
-                continue
-            row = out[t]
-            np.add(gain, loss, out=denominator)
-            np.divide(gain, denominator, out=row)
-            row *= 100.0
-            if undefined.seen:
-                row[denominator == 0.0] = 0.0
-                undefined.seen = False
+    _rsi_rows(values, period, out)
     return out
+
+
+@_kernel
+def _macd_rows(
+    values: Array, fast: int, slow: int, signal: int, line: Array, trigger: Array, hist: Array
+) -> None:
+    rows, columns = values.shape
+    k_fast = 2.0 / (fast + 1)
+    k_slow = 2.0 / (slow + 1)
+    k_signal = 2.0 / (signal + 1)
+    first = slow - 1  # first row of both EMAs and of the line
+    lookback = first + signal - 1  # first row of the signal (and of every output)
+    fast_ema = np.zeros(columns)
+    slow_ema = np.zeros(columns)
+    signal_ema = np.zeros(columns)  # the sum of the line's first values, then the signal
+    for t in range(slow - fast, slow):
+        _accumulate(fast_ema, values[t])
+    for t in range(slow):
+        _accumulate(slow_ema, values[t])
+    for s in range(columns):
+        fast_ema[s] /= fast
+        slow_ema[s] /= slow
+    for t in range(first, lookback):  # the line before the signal exists: its seed
+        row = values[t]
+        if t > first:
+            for s in range(columns):
+                fast_ema[s] = _fma(row[s] - fast_ema[s], k_fast, fast_ema[s])
+                slow_ema[s] = _fma(row[s] - slow_ema[s], k_slow, slow_ema[s])
+        for s in range(columns):
+            signal_ema[s] += fast_ema[s] - slow_ema[s]
+    for t in range(lookback, rows):
+        row, line_row, trigger_row, hist_row = values[t], line[t], trigger[t], hist[t]
+        update = t > first
+        seed = t == lookback
+        for s in range(columns):
+            fast_s = fast_ema[s]
+            slow_s = slow_ema[s]
+            if update:
+                fast_s = _fma(row[s] - fast_s, k_fast, fast_s)
+                slow_s = _fma(row[s] - slow_s, k_slow, slow_s)
+            current = fast_s - slow_s
+            signal_s = signal_ema[s]
+            if seed:
+                signal_s = (signal_s + current) / signal
+            else:
+                signal_s = _fma(current - signal_s, k_signal, signal_s)
+            fast_ema[s] = fast_s
+            slow_ema[s] = slow_s
+            signal_ema[s] = signal_s
+            line_row[s] = current
+            trigger_row[s] = signal_s
+            hist_row[s] = current - signal_s
 
 
 def macd(
@@ -421,7 +541,7 @@ def macd(
     ``ema(close, fast) - ema(close, slow)`` for a while. The signal is an EMA of the line
     seeded with the mean of its first ``signal`` values, and all three outputs start on row
     ``slow + signal - 2`` (33 for 12/26/9), although the line exists earlier. If ``slow <
-    fast`` TA-Lib swaps them; so does this.
+    fast`` TA-Lib swaps them; so does this. The three EMAs are updated as :func:`ema`.
     """
     values = _block(close, "close")
     fast = _period(fast, "fast", 2)
@@ -430,41 +550,21 @@ def macd(
     if slow < fast:
         fast, slow = slow, fast
     rows, columns = values.shape
-    first = slow - 1  # first row of both EMAs and of the line
-    lookback = first + signal - 1
-    line = _output((rows, columns), lookback)
-    trigger = _output((rows, columns), lookback)
-    histogram = _output((rows, columns), lookback)
+    lookback = slow + signal - 2
+    line, trigger, histogram = _outputs((rows, columns), lookback)
     if rows <= lookback or columns == 0:
         return line, trigger, histogram
-    k = np.array([[2.0 / (fast + 1)], [2.0 / (slow + 1)]])
-    k_signal = 2.0 / (signal + 1)
-    emas = np.empty((2, columns))  # [fast EMA, slow EMA]
-    np.divide(values[first - fast + 1 : first + 1].sum(axis=0), fast, out=emas[0])
-    np.divide(values[:slow].sum(axis=0), slow, out=emas[1])
-    early = np.empty((signal, columns))  # the line on rows first .. lookback: signal seed
-    step2 = np.empty((2, columns))
-    step = np.empty(columns)
-    for t in range(first, rows):
-        if t > first:
-            np.subtract(values[t], emas, out=step2)
-            step2 *= k
-            np.add(step2, emas, out=emas)
-        if t < lookback:
-            np.subtract(emas[0], emas[1], out=early[t - first])
-            continue
-        current = line[t]
-        np.subtract(emas[0], emas[1], out=current)
-        if t == lookback:
-            early[signal - 1] = current
-            np.divide(early.sum(axis=0), signal, out=trigger[t])
-        else:
-            previous = trigger[t - 1]
-            np.subtract(current, previous, out=step)
-            step *= k_signal
-            np.add(step, previous, out=trigger[t])
-        np.subtract(current, trigger[t], out=histogram[t])
+    _macd_rows(values, fast, slow, signal, line, trigger, histogram)
     return line, trigger, histogram
+
+
+@_kernel
+def _returns_rows(values: Array, bars: int, out: Array) -> None:
+    rows, columns = values.shape
+    for t in range(bars, rows):
+        row, base, result = values[t], values[t - bars], out[t]
+        for s in range(columns):
+            result[s] = np.nan if base[s] == 0.0 else row[s] / base[s] - 1.0
 
 
 def returns(close: npt.ArrayLike, bars: int) -> Array:
@@ -477,15 +577,9 @@ def returns(close: npt.ArrayLike, bars: int) -> Array:
     bars = _period(bars, "bars", 1)
     rows, columns = values.shape
     out = _output((rows, columns), bars)
-    divided_by_zero = _Raised()  # x / 0 with x != 0; 0 / 0 is NaN already
-    with np.errstate(divide="call", invalid="ignore", call=divided_by_zero):
-        for t in range(bars, rows):
-            row = out[t]
-            np.divide(values[t], values[t - bars], out=row)
-            if divided_by_zero.seen:
-                row[values[t - bars] == 0.0] = np.nan
-                divided_by_zero.seen = False
-            row -= 1.0
+    if rows <= bars or columns == 0:
+        return out
+    _returns_rows(values, bars, out)
     return out
 
 
@@ -493,13 +587,42 @@ def returns(close: npt.ArrayLike, bars: int) -> Array:
 # Volatility and trend strength
 
 
+@_kernel
+def _atr_rows(high: Array, low: Array, close: Array, period: int, out: Array) -> None:
+    rows, columns = close.shape
+    if period == 1:  # TA-Lib's ATR(1) is TRANGE itself
+        for t in range(1, rows):
+            high_row, low_row, previous, result = high[t], low[t], close[t - 1], out[t]
+            for s in range(columns):
+                result[s] = _true_range(high_row[s], low_row[s], previous[s])
+        return
+    k = (period - 1) / period
+    k_new = 1.0 - k
+    total = np.zeros(columns)
+    for t in range(1, period + 1):
+        high_row, low_row, previous = high[t], low[t], close[t - 1]
+        for s in range(columns):
+            total[s] += _true_range(high_row[s], low_row[s], previous[s])
+    first = out[period]
+    for s in range(columns):
+        first[s] = total[s] / period
+    for t in range(period + 1, rows):
+        high_row, low_row, previous = high[t], low[t], close[t - 1]
+        prior, result = out[t - 1], out[t]
+        for s in range(columns):
+            true_range = _true_range(high_row[s], low_row[s], previous[s])
+            result[s] = _fma(prior[s], k, true_range * k_new)
+
+
 def atr(high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike, period: int = 14) -> Array:
     """Average true range, as ``talib.ATR``.
 
     True range needs the previous close, so it starts on row 1; the first ATR (row
-    ``period``) is the mean of the first ``period`` true ranges, then Wilder's
-    ``(atr * (period - 1) + tr) / period``. With ``period == 1`` that is the true range
-    itself (``talib.TRANGE``), NaN on row 0.
+    ``period``) is the mean of the first ``period`` true ranges, then Wilder's smoothing,
+    which TA-Lib 0.8 writes ``atr = atr * k + tr * (1 - k)`` with ``k = (period - 1) /
+    period`` (one multiply-add, fused on FMA CPUs, see :func:`_fma`); so does this. With
+    ``period == 1`` TA-Lib returns the true range itself (``talib.TRANGE``), NaN on row 0;
+    so does this.
     """
     high_, low_, close_ = _blocks(high=high, low=low, close=close)
     period = _period(period, "period", 1)
@@ -507,20 +630,86 @@ def atr(high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike, period: i
     out = _output((rows, columns), period)
     if rows <= period or columns == 0:
         return out
-    true_range = np.empty(columns)
-    spare = np.empty(columns)
-    flags = np.empty(columns, dtype=bool)
-    total = np.zeros(columns)
-    for t in range(1, period + 1):
-        total += _true_range(high_[t], low_[t], close_[t - 1], true_range, spare, flags)
-    np.divide(total, period, out=out[period])
-    for t in range(period + 1, rows):
-        _true_range(high_[t], low_[t], close_[t - 1], true_range, spare, flags)
-        row = out[t]
-        np.multiply(out[t - 1], period - 1, out=row)
-        row += true_range
-        row /= period
+    _atr_rows(high_, low_, close_, period, out)
     return out
+
+
+@_kernel
+def _directional_moves(high: float, prior_high: float, low: float, prior_low: float):
+    """One bar's ``(+DM, -DM)`` as TA-Lib assigns them (at most one is non-zero)."""
+    up = high - prior_high
+    down = prior_low - low
+    minus = down if (down > 0 and up < down) else 0.0
+    plus = up if (up > 0 and up > down) else 0.0
+    return plus, minus
+
+
+@_kernel
+def _directional_dx(plus_s: float, minus_s: float, tr_s: float):
+    """``(has_dx, dx)``: TA-Lib's DX from the Wilder sums, and whether it computes one.
+
+    TA-Lib 0.8 computes no DX unless ``TR_s > 0`` (exact; NaN fails too) and ``+DI + -DI``
+    is outside TA_IS_ZERO's ``(-1e-14, 1e-14)``. The DX is computed either way (a division
+    by 0 is harmless with IEEE arithmetic) so that the caller can select without a branch.
+    """
+    minus_di = 100.0 * (minus_s / tr_s)
+    plus_di = 100.0 * (plus_s / tr_s)
+    total = minus_di + plus_di
+    has_dx = tr_s > 0.0 and not (-_TA_EPSILON < total < _TA_EPSILON)
+    return has_dx, 100.0 * (abs(minus_di - plus_di) / total)
+
+
+@_kernel
+def _adx_rows(high: Array, low: Array, close: Array, period: int, out: Array) -> None:
+    rows, columns = close.shape
+    keep = float(period - 1)
+    lookback = 2 * period - 1
+    plus = np.zeros(columns)  # +DM_s
+    minus = np.zeros(columns)  # -DM_s
+    true_range = np.zeros(columns)  # TR_s
+    average = np.zeros(columns)  # the DX seed sum, then the ADX
+    for t in range(1, period):  # plain sums over the first period - 1 bars
+        high_row, prior_high, low_row, prior_low = high[t], high[t - 1], low[t], low[t - 1]
+        previous = close[t - 1]
+        for s in range(columns):
+            plus_dm, minus_dm = _directional_moves(
+                high_row[s], prior_high[s], low_row[s], prior_low[s]
+            )
+            minus[s] += minus_dm
+            plus[s] += plus_dm
+            true_range[s] += _true_range(high_row[s], low_row[s], previous[s])
+    for t in range(period, rows):
+        high_row, prior_high, low_row, prior_low = high[t], high[t - 1], low[t], low[t - 1]
+        previous, result = close[t - 1], out[t]
+        seeding = t < lookback
+        seeded = t == lookback
+        for s in range(columns):
+            plus_dm, minus_dm = _directional_moves(
+                high_row[s], prior_high[s], low_row[s], prior_low[s]
+            )
+            minus_s = minus[s]
+            minus_s -= minus_s / period
+            minus_s += minus_dm
+            plus_s = plus[s]
+            plus_s -= plus_s / period
+            plus_s += plus_dm
+            tr_s = true_range[s]
+            tr_s = tr_s - tr_s / period + _true_range(high_row[s], low_row[s], previous[s])
+            minus[s] = minus_s
+            plus[s] = plus_s
+            true_range[s] = tr_s
+            has_dx, dx = _directional_dx(plus_s, minus_s, tr_s)
+            adx_s = average[s]
+            if seeding or seeded:
+                adx_s += dx if has_dx else 0.0
+                if seeded:
+                    adx_s = adx_s / period
+            else:
+                smoothed = (adx_s * keep + dx) / period
+                adx_s = smoothed if has_dx else adx_s
+            average[s] = adx_s
+            if not seeding:
+                result[s] = adx_s
 
 
 def adx(high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike, period: int = 14) -> Array:
@@ -530,8 +719,8 @@ def adx(high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike, period: i
 
     * +DM, -DM and TR are *summed* over rows ``1 .. period - 1`` (``period - 1`` bars, not
       ``period``), then smoothed Wilder's sum-way: ``s = s - s / period + value``;
-    * from row ``period`` on, ``+DI = 100 * +DM_s / TR_s``, ``-DI`` alike, and
-      ``DX = 100 * |-DI - +DI| / (-DI + +DI)``;
+    * from row ``period`` on, ``+DI = 100 * (+DM_s / TR_s)``, ``-DI`` alike, and
+      ``DX = 100 * (|-DI - +DI| / (-DI + +DI))``;
     * the first ADX is the mean of the DX of rows ``period .. 2 * period - 1``, then
       ``adx = (adx * (period - 1) + dx) / period``.
 
@@ -539,10 +728,6 @@ def adx(high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike, period: i
     DX: it adds 0 to the seed sum and leaves the ADX unchanged afterwards, so a flat series
     has ADX 0, not NaN. +DM is the up-move when it is positive and larger than the
     down-move, -DM the reverse; equal moves count for neither.
-
-    ``TR_s`` cancels out of DX, so it is computed as ``100 * |-DM_s - +DM_s| / (-DM_s +
-    +DM_s)``: fewer calls per row, the same value to rounding. The skip tests are still
-    TA-Lib's, on the DIs it computes.
     """
     high_, low_, close_ = _blocks(high=high, low=low, close=close)
     period = _period(period, "period", 2)
@@ -551,71 +736,27 @@ def adx(high: npt.ArrayLike, low: npt.ArrayLike, close: npt.ArrayLike, period: i
     out = _output((rows, columns), lookback)
     if rows <= lookback or columns == 0:
         return out
-    decay = (period - 1) / period  # s - s / period == decay * s, to rounding
-    moves = np.empty((3, columns))  # one row's [+DM, -DM, TR]
-    smoothed = np.zeros((3, columns))  # [+DM_s, -DM_s, TR_s]
-    plus_s, minus_s, tr_s = smoothed
-    moved = np.empty((2, columns))  # [up-move, down-move], then their positive parts
-    zeros = np.zeros((2, columns))
-    wins = np.empty((2, columns), dtype=bool)
-    spare = np.empty(columns)
-    flags = np.empty(columns, dtype=bool)
-    dm_sum = np.empty(columns)
-    ratio = np.empty(columns)
-    dx = np.empty(columns)
-    sum_dx = np.zeros(columns)
-    # TR_s only decays (by ``decay``) once positive, so it can only be 0 on leading rows.
-    tr_floor = _DecayingFloor(_SMALLEST_NORMAL, decay)
-    # +DI + -DI = 100 * (+DM_s + -DM_s) / TR_s < 1e-14 needs this ratio below ~1e-16.
-    tiny_ratio = _TA_EPSILON / 100.0 * (1.0 + 1e-6)
-    dx_scale = 100.0 / period
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for t in range(1, rows):
-            np.subtract(high_[t], high_[t - 1], out=moved[0])
-            np.subtract(low_[t - 1], low_[t], out=moved[1])
-            # +DM if up > 0 and up > down; -DM if down > 0 and down > up: in both cases
-            # "my positive part beats the other's positive part".
-            np.maximum(moved, zeros, out=moved)
-            np.greater(moved, moved[::-1], out=wins)
-            np.multiply(moved, wins, out=moves[:2])
-            _true_range(high_[t], low_[t], close_[t - 1], moves[2], spare, flags)
-            if t >= period:
-                smoothed *= decay
-            smoothed += moves
-            if t < period:
-                continue
-            np.add(plus_s, minus_s, out=dm_sum)
-            np.subtract(minus_s, plus_s, out=dx)
-            np.abs(dx, out=dx)
-            np.divide(dx, dm_sum, out=dx)  # DX / 100
-            np.divide(dm_sum, tr_s, out=ratio)
-            skip = None
-            if tr_floor.below(tr_s, t) or np.fmin.reduce(ratio) < tiny_ratio:
-                skip = _adx_skipped(plus_s, minus_s, tr_s)
-                dx[skip] = 0.0
-            if t <= lookback:
-                sum_dx += dx
-                if t == lookback:
-                    np.multiply(sum_dx, dx_scale, out=out[t])
-                continue
-            row = out[t]
-            np.multiply(out[t - 1], decay, out=row)
-            dx *= dx_scale
-            row += dx
-            if skip is not None:
-                row[skip] = out[t - 1][skip]
+    _adx_rows(high_, low_, close_, period, out)
     return out
-
-
-def _adx_skipped(plus_s: Array, minus_s: Array, tr_s: Array) -> Mask:
-    """The columns TA-Lib computes no DX for on this bar, by its own arithmetic."""
-    plus_di = 100.0 * (plus_s / tr_s)
-    minus_di = 100.0 * (minus_s / tr_s)
-    return ~(tr_s > 0.0) | (minus_di + plus_di < _TA_EPSILON)
 
 
 # ---------------------------------------------------------------------------------------
 # Volume
+
+
+@_kernel
+def _relative_volume_rows(values: Array, period: int, out: Array) -> None:
+    rows, columns = values.shape
+    total = np.zeros(columns)
+    for t in range(period - 1):
+        _accumulate(total, values[t])
+    for t in range(period - 1, rows):
+        row, oldest, result = values[t], values[t - period + 1], out[t]
+        for s in range(columns):
+            running = total[s] + row[s]
+            mean = running / period
+            total[s] = running - oldest[s]
+            result[s] = np.nan if mean == 0.0 else row[s] / mean
 
 
 def relative_volume(volume: npt.ArrayLike, period: int = 20) -> Array:
@@ -630,27 +771,33 @@ def relative_volume(volume: npt.ArrayLike, period: int = 20) -> Array:
     out = _output((rows, columns), period - 1)
     if rows < period or columns == 0:
         return out
-    total = values[: period - 1].sum(axis=0)
-    mean = np.empty(columns)
-    divided_by_zero = _Raised()  # x / 0 with x != 0; 0 / 0 is NaN already
-    with np.errstate(divide="call", invalid="ignore", call=divided_by_zero):
-        for t in range(period - 1, rows):
-            total += values[t]
-            np.divide(total, period, out=mean)
-            total -= values[t - period + 1]
-            row = out[t]
-            np.divide(values[t], mean, out=row)
-            if divided_by_zero.seen:
-                row[mean == 0.0] = np.nan
-                divided_by_zero.seen = False
+    _relative_volume_rows(values, period, out)
     return out
+
+
+@_kernel
+def _dollar_volume_rows(close: Array, volume: Array, period: int, out: Array) -> None:
+    rows, columns = close.shape
+    total = np.zeros(columns)
+    for t in range(period - 1):
+        close_row, volume_row = close[t], volume[t]
+        for s in range(columns):
+            total[s] += close_row[s] * volume_row[s]
+    for t in range(period - 1, rows):
+        close_row, volume_row, result = close[t], volume[t], out[t]
+        oldest_close, oldest_volume = close[t - period + 1], volume[t - period + 1]
+        for s in range(columns):
+            running = total[s] + close_row[s] * volume_row[s]
+            result[s] = running / period
+            total[s] = running - oldest_close[s] * oldest_volume[s]
 
 
 def dollar_volume(close: npt.ArrayLike, volume: npt.ArrayLike, period: int = 20) -> Array:
     """Mean traded value over ``period`` bars: ``SMA(close * volume, period)``.
 
-    The same running sum as :func:`sma`, with the window's products kept in a ring buffer
-    so each ``close * volume`` is computed once.
+    The same running sum as :func:`sma` over the products ``close * volume``; the product
+    leaving the window is computed again rather than stored (a product rounds the same
+    every time).
     """
     close_, volume_ = _blocks(close=close, volume=volume)
     period = _period(period, "period", 1)
@@ -658,15 +805,33 @@ def dollar_volume(close: npt.ArrayLike, volume: npt.ArrayLike, period: int = 20)
     out = _output((rows, columns), period - 1)
     if rows < period or columns == 0:
         return out
-    traded = np.empty((period, columns))
-    total = np.zeros(columns)
-    for t in range(period - 1):
-        np.multiply(close_[t], volume_[t], out=traded[t])
-        total += traded[t]
-    for t in range(period - 1, rows):
-        newest = traded[t % period]
-        np.multiply(close_[t], volume_[t], out=newest)
-        total += newest
-        np.divide(total, period, out=out[t])
-        total -= traded[(t + 1) % period]
+    _dollar_volume_rows(close_, volume_, period, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Start-up
+
+
+def warm_up() -> None:
+    """Load every kernel now, compiling it first if numba's disk cache has none for this CPU.
+
+    Without this, a process pays on its first indicator call: about 0.6 s of numba start-up
+    (its numpy support modules), then about 10 ms per kernel read from the cache, or about
+    13 s in all when the cache is empty (a fresh checkout, a new CPU, an edit of this
+    file). A worker-pool initializer can pay that before the first chunk arrives; called in
+    a ``forkserver`` preload it is paid once, and the forked workers inherit the loaded
+    code. Not in ``__all__``: it is start-up plumbing, not an indicator.
+    """
+    x = np.ones((8, 1))
+    sma(x, 2)
+    ema(x, 2)
+    rolling_max(x, 2)
+    bollinger(x, 2)
+    rsi(x, 2)
+    macd(x, 2, 3, 1)
+    returns(x, 1)
+    atr(x, x, x, 2)
+    adx(x, x, x, 2)
+    relative_volume(x, 2)
+    dollar_volume(x, x, 2)

@@ -25,14 +25,19 @@ MIN_BARS = 20
 MAX_BARS = 10_000
 
 
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 def _number(name: str, value: Any, low: float, high: float, *, integer: bool = False) -> None:
     kind = "a whole number" if integer else "a number"
+    span = f"between {_plain(low)} and {_plain(high)}"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidConfig(name, f"must be {kind} between {low:g} and {high:g}, got {value!r}")
+        raise InvalidConfig(name, f"must be {kind} {span}, got {value!r}")
     if integer and not isinstance(value, int):
         raise InvalidConfig(name, f"must be a whole number, got {value!r}")
     if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidConfig(name, f"must be between {low:g} and {high:g}, got {value!r}")
+        raise InvalidConfig(name, f"must be {span}, got {value!r}")
 
 
 def _names(name: str, value: Any) -> tuple[str, ...] | None:

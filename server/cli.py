@@ -24,6 +24,7 @@ from engine.errors import TechnicError
 from engine.scan import ScanResult, run_scan
 from engine.scan_config import PROVIDERS, TRADE_STYLES, ScanConfig
 from server.cli_storage import add_storage_commands
+from server.remote import add_scan_server_options, add_watch_command
 from server.terminal_view import LiveView
 from server.views import results_csv
 from server.workers import worker_pool
@@ -103,6 +104,7 @@ def _add_scan_parser(commands: Any) -> None:
     scan.add_argument("--format", choices=("table", "json", "csv"), default="table")
     scan.add_argument("--output", help="write the results here instead of stdout")
     scan.add_argument("--no-progress", action="store_true", help="no live view on stderr")
+    add_scan_server_options(scan)
     scan.set_defaults(func=_scan_command)
 
 
@@ -154,6 +156,10 @@ def _format_results(result: ScanResult, output_format: str) -> str:
 
 
 def _scan_command(args: argparse.Namespace) -> int:
+    if args.server:
+        from server.remote import remote_scan_command
+
+        return remote_scan_command(args)
     try:
         settings = Settings.from_env()
         config = _scan_config(args)
@@ -266,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan_parser(commands)
     _add_serve_parser(commands)
     add_storage_commands(commands)
+    add_watch_command(commands)
     return parser
 
 

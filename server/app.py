@@ -1,0 +1,545 @@
+"""The aiohttp application: routes of the seed's contract, access control, lifecycle.
+
+``create_app(settings)`` builds everything the service holds (database, hub, worker pool,
+job manager) in a ``cleanup_ctx``, so tests and ``technic serve`` start and stop it the
+same way. Handlers validate input with ``server.requests`` before awaiting anything and
+raise ``RequestError``; ``error_middleware`` is the one place that turns errors into the
+JSON ``{"error": ..., "field": ...}`` responses. No finance logic lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+
+from config import Settings
+from engine.errors import DataError, InvalidConfig
+from engine.progress import TERMINAL_STATUSES
+from engine.providers import provider_for
+from engine.universe import select
+from server import streams, universe_routes
+from server.hub import Hub
+from server.jobs import Job, JobManager, NotAccepting, QueueFull
+from server.metrics import Metrics, render_metrics
+from server.persist import Persister
+from server.requests import (
+    RequestError,
+    parse_int,
+    parse_seq,
+    parse_since,
+    parse_start,
+)
+from server.views import performance_metrics, progress_from_record, results_csv, scan_summary
+from server.workers import WorkerPool
+from storage import (
+    RESULT_SORTS,
+    Database,
+    DatabaseUnavailable,
+    InvalidInput,
+    StorageError,
+    connect,
+)
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+HUB = web.AppKey("hub", Hub)
+JOBS = web.AppKey("jobs", JobManager)
+PERSISTER = web.AppKey("persister", Persister)
+POOL = web.AppKey("pool", WorkerPool)
+METRICS = web.AppKey("metrics", Metrics)
+
+MAX_BODY_BYTES = 64 * 1024
+STATIC_DIR = Path(__file__).parent / "static"
+PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico"})
+DEFAULT_RESULTS_LIMIT = 1000
+MAX_RESULTS_LIMIT = 100_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def version() -> str:
+    try:
+        return metadata.version("technic")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+# -- middlewares -------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    try:
+        return await handler(request)
+    except RequestError as error:
+        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
+        body = {"error": error.message, "field": error.field}
+        body.update(error.extra)
+        return json_response(body, status=error.status, headers=headers)
+    except web.HTTPRequestEntityTooLarge:
+        return json_response(
+            {"error": f"request body is larger than {MAX_BODY_BYTES} bytes", "field": None}, 413
+        )
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return json_response({"error": error.reason, "field": None}, status=error.status)
+    except InvalidInput as error:
+        return json_response({"error": error.message, "field": error.field}, status=400)
+    except DatabaseUnavailable as error:
+        return json_response({"error": f"database unavailable: {error}", "field": None}, 503)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"error": "internal server error", "field": None}, 500)
+    finally:
+        request.app[METRICS].observe_request(route, time.perf_counter() - started)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[SETTINGS].api_token
+    if token is None or request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else None
+    streaming = request.path.startswith(("/scan/ws/", "/scan/stream/"))
+    if given is None and streaming:
+        given = request.query.get("token")
+    if given is None:
+        raise RequestError("missing bearer token", status=401, field="Authorization")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise RequestError("wrong bearer token", status=401, field="Authorization")
+    return await handler(request)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _scan_id(request: web.Request) -> str:
+    raw = request.match_info["scan_id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise RequestError(f"no scan {raw!r}", status=404, field="scan_id") from None
+
+
+async def _known_scan(request: web.Request, scan_id: str) -> bool:
+    if request.app[JOBS].get(scan_id) is not None or request.app[HUB].latest(scan_id):
+        return True
+    return await request.app[DATABASE].repository.get_scan(scan_id) is not None
+
+
+def _check_origin(request: web.Request) -> None:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    allowed = request.app[SETTINGS].allowed_origins
+    if allowed:
+        if origin in allowed or "*" in allowed:
+            return
+    elif urlsplit(origin).netloc == request.host:
+        return
+    raise RequestError(f"origin {origin} is not allowed", status=403, field="Origin")
+
+
+def _check_connections(request: web.Request) -> None:
+    open_streams = streams.stats.open_websockets + streams.stats.open_sse
+    if open_streams >= request.app[SETTINGS].max_connections:
+        raise RequestError("too many open watchers; try again later", status=503)
+
+
+def _validate_universe(config: Any) -> None:
+    """Unknown sectors and industries are a 400 now, not a failed scan later."""
+    if not (config.sectors or config.industries):
+        return
+    universe = provider_for(config).universe()
+    try:
+        select(
+            universe,
+            sectors=config.sectors,
+            industries=config.industries,
+            symbols=None,
+            max_symbols=1,
+        )
+    except InvalidConfig as error:
+        raise RequestError(error.message, field=error.field) from None
+    except DataError as error:
+        raise RequestError(str(error), field="provider") from None
+
+
+def _start_response(job: Job) -> dict[str, Any]:
+    return {
+        "scan_id": job.scan_id,
+        "status": "pending",
+        "message": "Scan started with multi-stage progress tracking",
+        "progress_url": f"/scan/progress/{job.scan_id}",
+        "websocket_url": f"/scan/ws/{job.scan_id}",
+        "sse_url": f"/scan/stream/{job.scan_id}",
+    }
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+
+async def start_scan(request: web.Request) -> web.Response:
+    body = await request.read()
+    settings = request.app[SETTINGS]
+    start = parse_start(body, max_symbols_cap=settings.max_symbols_cap)
+    await asyncio.to_thread(_validate_universe, start.config)
+    jobs = request.app[JOBS]
+    try:
+        job = await jobs.submit(start.config)
+    except QueueFull as error:
+        raise RequestError(str(error), status=429, retry_after_s=error.retry_after_s) from None
+    except NotAccepting as error:
+        raise RequestError(str(error), status=503) from None
+    if start.async_mode:
+        return json_response(_start_response(job), status=202)
+    await job.done.wait()
+    return json_response(await _results_body(request, job.scan_id))
+
+
+async def scan_progress(request: web.Request) -> web.Response:
+    scan_id = _scan_id(request)
+    latest = request.app[HUB].latest(scan_id)
+    if latest is not None:
+        return json_response(latest)
+    scan = await request.app[DATABASE].repository.get_scan(scan_id)
+    if scan is None:
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+    return json_response(progress_from_record(scan))
+
+
+async def _results_body(request: web.Request, scan_id: str) -> dict[str, Any]:
+    query = request.query
+    limit = parse_int(query, "limit", DEFAULT_RESULTS_LIMIT, 1, MAX_RESULTS_LIMIT)
+    offset = parse_int(query, "offset", 0, 0, 10_000_000)
+    sort = query.get("sort", "rank")
+    descending = sort.startswith("-")
+    sort = sort.lstrip("-")
+    if sort not in RESULT_SORTS:
+        raise RequestError(
+            f"must be one of {', '.join(RESULT_SORTS)} (prefix - for descending)", field="sort"
+        )
+    if query.get("order") in ("asc", "desc"):
+        descending = query["order"] == "desc"
+    elif "order" in query:
+        raise RequestError("must be asc or desc", field="order")
+    job = request.app[JOBS].get(scan_id)
+    if job is not None and job.status not in TERMINAL_STATUSES:
+        raise RequestError(
+            f"scan is {job.status}; results are ready when it completes",
+            status=409,
+            field="scan_id",
+            extra={"status": job.status},
+        )
+    if job is not None and job.result is not None:
+        result = job.result
+        rows = sorted(
+            result.rows,
+            key=lambda row: (
+                row.get(sort) is None,
+                row.get(sort) if row.get(sort) is not None else 0,
+            ),
+            reverse=descending,
+        )
+        page = rows[offset : offset + limit]
+        return {
+            "scan_id": scan_id,
+            "status": job.status,
+            "results": page,
+            "count": len(page),
+            "total": len(rows),
+            "performance_metrics": performance_metrics(result.metrics),
+            "stage_timings": result.stage_timings,
+            "failures": result.failures,
+        }
+    repository = request.app[DATABASE].repository
+    scan = await repository.get_scan(scan_id)
+    if scan is None:
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+    if scan.status not in TERMINAL_STATUSES:
+        raise RequestError(
+            f"scan is {scan.status}; results are ready when it completes",
+            status=409,
+            field="scan_id",
+            extra={"status": scan.status},
+        )
+    page = await repository.fetch_results(
+        scan_id, sort=sort, descending=descending, limit=limit, offset=offset
+    )
+    failures = await repository.fetch_failures(scan_id) or []
+    metrics = scan.metrics or {}
+    return {
+        "scan_id": scan_id,
+        "status": scan.status,
+        "results": page.rows if page else [],
+        "count": len(page.rows) if page else 0,
+        "total": page.total if page else 0,
+        "performance_metrics": performance_metrics(metrics),
+        "stage_timings": metrics.get("stage_timings")
+        or {t.stage: t.duration_s for t in scan.stages if t.duration_s is not None},
+        "failures": [{"symbol": f.symbol, "reason": f.reason} for f in failures],
+    }
+
+
+async def scan_results(request: web.Request) -> web.Response:
+    scan_id = _scan_id(request)
+    output = request.query.get("format", "json")
+    if output not in ("json", "csv"):
+        raise RequestError("must be json or csv", field="format")
+    body = await _results_body(request, scan_id)
+    if output == "csv":
+        return web.Response(
+            text=results_csv(body["results"]),
+            content_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="technic-{scan_id}.csv"'},
+        )
+    return json_response(body)
+
+
+async def scan_ws(request: web.Request) -> web.StreamResponse:
+    scan_id = _scan_id(request)
+    _check_origin(request)
+    since = parse_seq(request.query.get("since"), "since")
+    if not await _known_scan(request, scan_id):
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+    _check_connections(request)
+    await _ensure_topic(request, scan_id)
+    return await streams.websocket_stream(request, request.app[HUB], scan_id, since)
+
+
+async def scan_sse(request: web.Request) -> web.StreamResponse:
+    scan_id = _scan_id(request)
+    header = request.headers.get("Last-Event-ID")
+    last_event_id = (
+        parse_seq(header, "Last-Event-ID")
+        if header
+        else parse_seq(request.query.get("last_event_id"), "last_event_id")
+    )
+    if not await _known_scan(request, scan_id):
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+    _check_connections(request)
+    await _ensure_topic(request, scan_id)
+    events = request.query.get("events", "default")
+    if events not in ("default", "named"):
+        raise RequestError("must be default or named", field="events")
+    return await streams.sse_stream(
+        request, request.app[HUB], scan_id, last_event_id, named_events=events == "named"
+    )
+
+
+async def _ensure_topic(request: web.Request, scan_id: str) -> None:
+    """A scan finished before a restart has no topic: publish its stored final state."""
+    hub = request.app[HUB]
+    if hub.latest(scan_id) is not None:
+        return
+    scan = await request.app[DATABASE].repository.get_scan(scan_id)
+    if scan is not None:
+        snapshot = progress_from_record(scan)
+        snapshot["seq"] = 1
+        hub.publish(scan_id, snapshot)
+
+
+async def cancel_scan(request: web.Request) -> web.Response:
+    scan_id = _scan_id(request)
+    job = request.app[JOBS].cancel(scan_id)
+    if job is None:
+        scan = await request.app[DATABASE].repository.get_scan(scan_id)
+        if scan is None:
+            raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+        return json_response(
+            {"scan_id": scan_id, "status": scan.status, "message": "Scan already finished"}
+        )
+    message = "Cancellation requested" if job.status == "running" else f"Scan {job.status}"
+    return json_response({"scan_id": scan_id, "status": job.status, "message": message})
+
+
+def _job_summary(request: web.Request, job: Job) -> dict[str, Any]:
+    latest = request.app[HUB].latest(job.scan_id) or {}
+    return {
+        "scan_id": job.scan_id,
+        "status": job.status,
+        "created_at": dt.datetime.fromtimestamp(job.created_at, dt.UTC).isoformat(),
+        "overall_progress": latest.get("overall_progress", 0.0),
+        "current_stage": latest.get("current_stage"),
+        "overall_eta_formatted": latest.get("overall_eta_formatted"),
+        "config": job.config.to_dict(),
+    }
+
+
+async def active_scans(request: web.Request) -> web.Response:
+    jobs = request.app[JOBS]
+    running = [_job_summary(request, job) for job in jobs.running]
+    queued = [_job_summary(request, job) for job in jobs.queued]
+    return json_response(
+        {"active": running + queued, "running": len(running), "queued": len(queued)}
+    )
+
+
+async def list_scans(request: web.Request) -> web.Response:
+    query = request.query
+    limit = parse_int(query, "limit", 50, 1, 500)
+    status = query.get("status") or None
+    since = dt.datetime.now(dt.UTC) - parse_since(query["since"]) if query.get("since") else None
+    page = await request.app[DATABASE].repository.list_scans(
+        status=status, since=since, limit=limit, cursor=query.get("cursor") or None
+    )
+    return json_response(
+        {"scans": [scan_summary(scan) for scan in page.scans], "next_cursor": page.next_cursor}
+    )
+
+
+async def stage_stats(request: web.Request) -> web.Response:
+    window = parse_since(request.query.get("since"))
+    by_bucket = request.query.get("by_bucket", "false").lower()
+    if by_bucket not in ("true", "false", "1", "0"):
+        raise RequestError("must be true or false", field="by_bucket")
+    stats = await request.app[DATABASE].repository.stage_stats(
+        since=dt.datetime.now(dt.UTC) - window, by_bucket=by_bucket in ("true", "1")
+    )
+    return json_response(stats)
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    database_ok = app[PERSISTER].healthy
+    if database_ok:
+        try:
+            await app[DATABASE].ping()
+        except StorageError:
+            database_ok = False
+    jobs = app[JOBS]
+    return json_response(
+        {
+            "status": "ok" if database_ok else "degraded",
+            "database": "ok" if database_ok else "unavailable",
+            "database_backlog": app[PERSISTER].backlog,
+            "workers": app[SETTINGS].max_workers,
+            "active_scans": len(jobs.running),
+            "queued_scans": len(jobs.queued),
+            "accepting_scans": jobs.accepting,
+            "version": version(),
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    text = render_metrics(app[METRICS], app[JOBS], app[HUB], streams.stats)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        raise web.HTTPNotFound(reason="the page is not installed")
+    return web.FileResponse(page)
+
+
+# -- the application ----------------------------------------------------------------------
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    database = await connect(settings)
+    interrupted = await database.repository.mark_interrupted()
+    if interrupted:
+        log.warning(
+            "marked %d scan(s) left running by a dead process as interrupted", len(interrupted)
+        )
+    hub = Hub()
+    persister = Persister()
+    persister.start()
+    pool = WorkerPool(settings.max_workers)
+    jobs = JobManager(
+        repository=database.repository,
+        hub=hub,
+        persister=persister,
+        pool=pool,
+        cache_dir=settings.cache_dir if settings.use_cache else None,
+        max_concurrent_scans=settings.max_concurrent_scans,
+        max_queued_scans=settings.max_queued_scans,
+    )
+    jobs.start()
+    app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (
+        database,
+        hub,
+        persister,
+        pool,
+        jobs,
+    )
+    try:
+        yield
+    finally:
+        await jobs.shutdown()
+        await persister.drain(timeout_s=10.0)
+        await persister.stop()
+        hub.shutdown()
+        await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        await database.close()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """Runs before connections are closed: watchers are told the server is going away
+    (1001; they reconnect to whatever serves next), then running scans are cancelled and
+    recorded as such."""
+    if HUB in app:
+        app[HUB].shutdown()
+    if JOBS in app:
+        await app[JOBS].shutdown()
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings.from_env()
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_services)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_post("/scan/start", start_scan)
+    app.router.add_get("/scan/progress/{scan_id}", scan_progress)
+    app.router.add_get("/scan/results/{scan_id}", scan_results)
+    app.router.add_get("/scan/ws/{scan_id}", scan_ws)
+    app.router.add_get("/scan/stream/{scan_id}", scan_sse)
+    app.router.add_post("/scan/cancel/{scan_id}", cancel_scan)
+    app.router.add_get("/scan/active", active_scans)
+    app.router.add_get("/scans", list_scans)
+    app.router.add_get("/stats/stages", stage_stats)
+    app.router.add_get("/universe", universe_routes.universe_sectors)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static/", STATIC_DIR)
+    return app

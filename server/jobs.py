@@ -1,0 +1,343 @@
+"""The job manager: queues scans, runs them on the shared worker pool, reports and records.
+
+At most ``max_concurrent_scans`` run at once; the rest wait in FIFO order, up to
+``max_queued_scans`` (then ``QueueFull``, which the HTTP layer answers with 429 and
+Retry-After). Each scan's orchestrator (``engine.run_scan``) runs in a thread; its progress
+callback hops onto the event loop with ``call_soon_threadsafe`` and is published to the hub
+as it happens — nothing polls. Stage starts and ends, results and the final state go to
+the ``Persister``, which keeps them through a database outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
+from engine.progress import TERMINAL_STATUSES, Snapshot
+from server.hub import Hub
+from server.persist import Persister
+from server.workers import WorkerPool
+from storage import Repository, StorageError
+
+log = logging.getLogger(__name__)
+
+FINISHED_JOBS_KEPT = 256
+PRIORS_TIMEOUT_S = 2.0
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("too many scans queued; retry later")
+        self.retry_after_s = retry_after_s
+
+
+class NotAccepting(Exception):
+    """The server is shutting down."""
+
+
+@dataclass
+class Job:
+    scan_id: str
+    config: ScanConfig
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    status: str = "pending"
+    result: ScanResult | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    stage_status: dict[str, str] = field(default_factory=dict)
+
+
+class JobManager:
+    def __init__(
+        self,
+        *,
+        repository: Repository,
+        hub: Hub,
+        persister: Persister,
+        pool: WorkerPool,
+        cache_dir: Path | None,
+        max_concurrent_scans: int,
+        max_queued_scans: int,
+        progress_interval_s: float = 0.1,
+    ) -> None:
+        self.repository = repository
+        self.hub = hub
+        self.persister = persister
+        self.pool = pool
+        self.cache_dir = cache_dir
+        self.max_concurrent_scans = max_concurrent_scans
+        self.max_queued_scans = max_queued_scans
+        self.progress_interval_s = progress_interval_s
+        self.accepting = True
+        self.scans_by_status: dict[str, int] = {}
+        self.stage_seconds: dict[str, list[float]] = {}
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._queue: deque[Job] = deque()
+        self._queue_ready = asyncio.Condition()
+        self._running: dict[str, Job] = {}
+        self._finished: OrderedDict[str, Job] = OrderedDict()
+        self._threads = ThreadPoolExecutor(max_concurrent_scans, thread_name_prefix="scan")
+        self._runners: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._runners = [
+            asyncio.create_task(self._runner(), name=f"scan-runner-{i}")
+            for i in range(self.max_concurrent_scans)
+        ]
+
+    async def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop taking scans, cancel queued and running ones, wait for them to be recorded."""
+        self.accepting = False
+        while self._queue:
+            self._cancel_queued(self._queue.popleft())
+        running = list(self._running.values())
+        for job in running:
+            job.cancel.set()
+        if running:
+            waits = [asyncio.create_task(job.done.wait()) for job in running]
+            await asyncio.wait(waits, timeout=timeout_s)
+        for task in self._runners:
+            task.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def get(self, scan_id: str) -> Job | None:
+        for job in self._queue:
+            if job.scan_id == scan_id:
+                return job
+        return self._running.get(scan_id) or self._finished.get(scan_id)
+
+    @property
+    def running(self) -> list[Job]:
+        return list(self._running.values())
+
+    @property
+    def queued(self) -> list[Job]:
+        return list(self._queue)
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def submit(self, config: ScanConfig) -> Job:
+        if not self.accepting:
+            raise NotAccepting("the server is shutting down")
+        busy = len(self._running) >= self.max_concurrent_scans
+        if busy and len(self._queue) >= self.max_queued_scans:
+            raise QueueFull(retry_after_s=self._retry_after_s())
+        job = Job(scan_id=str(uuid.uuid4()), config=config)
+        tracker = MultiStageProgressTracker(scan_id=job.scan_id)
+        snapshot = tracker.snapshot()
+        snapshot["message"] = "Scan queued"
+        self.hub.publish(job.scan_id, snapshot)
+        scan_uuid = uuid.UUID(job.scan_id)
+        self.persister.submit(
+            f"create scan {job.scan_id}",
+            lambda: self.repository.create_scan(scan_uuid, config.to_dict()),
+        )
+        self._count("pending")
+        self._queue.append(job)
+        async with self._queue_ready:
+            self._queue_ready.notify()
+        return job
+
+    def cancel(self, scan_id: str) -> Job | None:
+        """Cancel a queued or running scan; a finished one is returned unchanged."""
+        job = self.get(scan_id)
+        if job is None:
+            return None
+        if job in self._queue:
+            self._queue.remove(job)
+            self._cancel_queued(job)
+        elif job.scan_id in self._running:
+            job.cancel.set()
+        return job
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _retry_after_s(self) -> int:
+        durations = self.stage_seconds.get("total") or [10.0]
+        mean_s = sum(durations[-20:]) / len(durations[-20:])
+        return max(1, int(mean_s * (len(self._queue) + 1) / self.max_concurrent_scans))
+
+    def _count(self, status: str, previous: str | None = None) -> None:
+        if previous is not None:
+            self.scans_by_status[previous] = self.scans_by_status.get(previous, 1) - 1
+        self.scans_by_status[status] = self.scans_by_status.get(status, 0) + 1
+
+    def _cancel_queued(self, job: Job) -> None:
+        tracker = MultiStageProgressTracker(scan_id=job.scan_id)
+        tracker.finish("cancelled", "Scan cancelled before it started")
+        self.hub.publish(job.scan_id, tracker.snapshot())
+        self._finish(job, "cancelled", None)
+
+    def _finish(self, job: Job, status: str, error: str | None) -> None:
+        self._count(status, job.status)
+        job.status = status
+        job.error = error
+        metrics = job.result.metrics if job.result is not None else None
+        scan_uuid = uuid.UUID(job.scan_id)
+        repository = self.repository
+
+        universe_size = metrics.get("universe_size") if metrics else None
+
+        async def record_end() -> None:
+            await repository.transition(
+                scan_uuid,
+                status,
+                error=error,
+                metrics=_jsonable(metrics),
+                universe_size=universe_size,
+            )
+
+        if job.result is not None and status == "completed":
+            result = job.result
+            self.persister.submit(
+                f"save results of {job.scan_id}",
+                lambda: repository.save_results(scan_uuid, result.rows),
+            )
+            self.persister.submit(
+                f"save failures of {job.scan_id}",
+                lambda: repository.save_failures(scan_uuid, result.failures),
+            )
+        self.persister.submit(f"finish scan {job.scan_id}", record_end)
+        self._finished[job.scan_id] = job
+        while len(self._finished) > FINISHED_JOBS_KEPT:
+            self._finished.popitem(last=False)
+        job.done.set()
+
+    async def _runner(self) -> None:
+        while True:
+            async with self._queue_ready:
+                await self._queue_ready.wait_for(lambda: bool(self._queue))
+            if not self._queue:
+                continue
+            job = self._queue.popleft()
+            self._running[job.scan_id] = job
+            try:
+                await self._run(job)
+            except Exception:
+                log.exception("scan %s crashed the job manager", job.scan_id)
+                if job.status not in TERMINAL_STATUSES:
+                    self._finish(job, "failed", "internal error")
+            finally:
+                self._running.pop(job.scan_id, None)
+
+    async def _run(self, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        priors = await self._priors(job.config)
+        scan_uuid = uuid.UUID(job.scan_id)
+        self.persister.submit(
+            f"start scan {job.scan_id}", lambda: self.repository.transition(scan_uuid, "running")
+        )
+        self._count("running", job.status)
+        job.status = "running"
+
+        def on_progress(snapshot: Snapshot) -> None:
+            loop.call_soon_threadsafe(self._on_snapshot, job, snapshot)
+
+        scan = functools.partial(
+            run_scan,
+            job.config,
+            on_progress=on_progress,
+            executor=self.pool,
+            cancel=job.cancel,
+            cache_dir=self.cache_dir,
+            priors=priors,
+            scan_id=job.scan_id,
+            progress_interval_s=self.progress_interval_s,
+        )
+        started = time.monotonic()
+        try:
+            result = await loop.run_in_executor(self._threads, scan)
+        except Exception as error:
+            log.warning("scan %s failed: %s", job.scan_id, error)
+            self._finish(job, "failed", str(error))
+            return
+        job.result = result
+        if result.metrics.get("cache_hit"):
+            self.cache_hits += 1
+        else:
+            self.cache_misses += 1
+        for stage, seconds in result.stage_timings.items():
+            self.stage_seconds.setdefault(stage, []).append(seconds)
+        self.stage_seconds.setdefault("total", []).append(time.monotonic() - started)
+        self._finish(job, result.status, None)
+
+    async def _priors(self, config: ScanConfig) -> dict[str, float]:
+        try:
+            return dict(
+                await asyncio.wait_for(
+                    self.repository.eta_priors(config.max_symbols), PRIORS_TIMEOUT_S
+                )
+            )
+        except (StorageError, TimeoutError):
+            return {}
+
+    def _on_snapshot(self, job: Job, snapshot: Snapshot) -> None:
+        self.hub.publish(job.scan_id, snapshot)
+        scan_uuid = uuid.UUID(job.scan_id)
+        for stage, detail in snapshot["stages"].items():
+            status = detail["status"]
+            before = job.stage_status.get(stage, "pending")
+            if status == before:
+                continue
+            job.stage_status[stage] = status
+            total = int(detail["total"]) if detail["total"] is not None else None
+            if before == "pending" and status in ("running", "completed", "failed", "skipped"):
+                started_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=detail["duration"] or 0)
+                self.persister.submit(
+                    f"start stage {stage}",
+                    functools.partial(
+                        self.repository.start_stage,
+                        scan_uuid,
+                        stage,
+                        units_total=total,
+                        started_at=started_at,
+                    ),
+                )
+            if stage == "universe_loading" and status == "completed":
+                selected = snapshot["stages"]["data_fetching"]["total"]
+                if selected is not None:
+                    self.persister.submit(
+                        f"record universe size of {job.scan_id}",
+                        functools.partial(
+                            self.repository.update_scan, scan_uuid, universe_size=int(selected)
+                        ),
+                    )
+            if status in ("completed", "failed", "skipped"):
+                self.persister.submit(
+                    f"finish stage {stage}",
+                    functools.partial(
+                        self.repository.finish_stage,
+                        scan_uuid,
+                        stage,
+                        status=status,
+                        units_done=int(detail["current"]),
+                        units_total=total,
+                        duration_s=detail["duration"],
+                    ),
+                )
+
+
+def _jsonable(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {key: value for key, value in metrics.items() if value is not None}

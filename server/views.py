@@ -1,0 +1,108 @@
+"""JSON shapes the API answers with, built from jobs in memory or records in the database.
+
+The live path (a scan this process runs) and the stored path (a scan from before a
+restart) must give the same shape, so both are built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from engine.progress import SCAN_STAGES, format_eta
+from engine.scan import ROW_FIELDS
+from storage import Scan
+
+PERFORMANCE_KEYS = (
+    "total_seconds",
+    "symbols_per_second",
+    "symbols_scanned",
+    "symbols_failed",
+    "universe_size",
+    "candidates",
+    "cache_hit",
+    "partial_rows_repaired",
+    "inconsistent_rows_repaired",
+    "gap_bars_filled",
+)
+
+
+def progress_from_record(scan: Scan) -> dict[str, Any]:
+    """The progress JSON of a stored scan, e.g. one finished before a restart."""
+    stages: dict[str, Any] = {}
+    by_name = {timing.stage: timing for timing in scan.stages}
+    for name, weight in SCAN_STAGES:
+        timing = by_name.get(name)
+        status = timing.status if timing else "pending"
+        done = status in ("completed", "skipped") or scan.status == "completed"
+        stages[name] = {
+            "weight": weight,
+            "progress": 100.0 if done else 0.0,
+            "status": status,
+            "current": timing.units_done if timing else 0,
+            "total": timing.units_total if timing else None,
+            "duration": timing.duration_s if timing else None,
+            "throughput": timing.throughput if timing else None,
+            "eta": 0.0 if done else None,
+        }
+    current = next((n for n in reversed(list(stages)) if stages[n]["status"] != "pending"), None)
+    overall = sum(s["weight"] * s["progress"] for s in stages.values())
+    elapsed = None
+    if scan.started_at and scan.finished_at:
+        elapsed = (scan.finished_at - scan.started_at).total_seconds()
+    finished = scan.finished_at is not None
+    return {
+        "scan_id": str(scan.id),
+        "status": scan.status,
+        "current_stage": current,
+        "stages": stages,
+        "overall_progress": overall,
+        "overall_eta": 0.0 if finished else None,
+        "overall_eta_formatted": format_eta(0.0) if finished else None,
+        "stage_progress": stages[current]["progress"] if current else 0.0,
+        "stage_eta": 0.0 if finished else None,
+        "stage_eta_formatted": format_eta(0.0) if finished else None,
+        "stage_throughput": stages[current]["throughput"] if current else None,
+        "message": scan.error or f"Scan {scan.status}",
+        "seq": 0,
+        "elapsed_seconds": elapsed,
+        "started_at": scan.started_at.timestamp() if scan.started_at else None,
+        "completed_at": scan.finished_at.timestamp() if scan.finished_at else None,
+        "error": scan.error,
+    }
+
+
+def scan_summary(scan: Scan) -> dict[str, Any]:
+    duration = None
+    if scan.started_at and scan.finished_at:
+        duration = (scan.finished_at - scan.started_at).total_seconds()
+    return {
+        "scan_id": str(scan.id),
+        "status": scan.status,
+        "created_at": scan.created_at.isoformat(),
+        "started_at": scan.started_at.isoformat() if scan.started_at else None,
+        "finished_at": scan.finished_at.isoformat() if scan.finished_at else None,
+        "duration_seconds": duration,
+        "universe_size": scan.universe_size,
+        "symbols_scanned": scan.symbols_scanned,
+        "symbols_failed": scan.symbols_failed,
+        "result_count": scan.result_count,
+        "error": scan.error,
+        "config": scan.config,
+    }
+
+
+def performance_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    metrics = metrics or {}
+    return {key: metrics.get(key) for key in PERFORMANCE_KEYS}
+
+
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=["rank", *ROW_FIELDS], lineterminator="\n", extrasaction="ignore"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,185 @@
+"""``technic scan`` as a user runs it: a real subprocess, real worker processes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine import ROW_FIELDS
+
+TECHNIC = [sys.executable, "-m", "server.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def technic(*args: str, data_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TECHNIC_DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        [*TECHNIC, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def test_scan_ranks_the_sample_as_a_table(tmp_path: Path) -> None:
+    done = technic("scan", "--workers", "2", data_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:3] == ["#", "Symbol", "Sector"]
+    assert lines[1].split()[0] == "1"
+    assert lines[-1].startswith("503 candidates, 503 scanned, 1 failed")
+    # stderr is not a terminal here: plain log lines instead of the live view
+    assert "[INFO] Starting stage: universe_loading" in done.stderr
+    assert "[INFO] Completed stage: finalization" in done.stderr
+
+
+def test_scan_json_document(tmp_path: Path) -> None:
+    done = technic(
+        "scan",
+        "--provider",
+        "synthetic",
+        "--symbols",
+        "300",
+        "--bars",
+        "120",
+        "--format",
+        "json",
+        "--no-progress",
+        data_dir=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    document = orjson.loads(done.stdout)
+    assert set(document) == {"config", "results", "metrics", "failures"}
+    metrics = document["metrics"]
+    assert {
+        "stage_timings",
+        "symbols_per_second",
+        "symbols_scanned",
+        "symbols_failed",
+        "total_seconds",
+    } <= set(metrics)
+    assert set(metrics["stage_timings"]) == {
+        "universe_loading",
+        "data_fetching",
+        "symbol_scanning",
+        "finalization",
+    }
+    assert metrics["symbols_scanned"] == len(document["results"]) == 300
+    assert list(document["results"][0]) == ["rank", *ROW_FIELDS]
+    assert document["config"]["provider"] == "synthetic"
+
+
+def test_scan_csv_to_a_file(tmp_path: Path) -> None:
+    output = tmp_path / "out.csv"
+    done = technic(
+        "scan",
+        "--sectors",
+        "Energy",
+        "--min-tech-rating",
+        "40",
+        "--format",
+        "csv",
+        "--output",
+        str(output),
+        "--no-progress",
+        data_dir=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(output.read_text())))
+    assert rows and {row["sector"] for row in rows} == {"Energy"}
+    assert all(float(row["tech_rating"]) >= 40 for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-symbols", "0"], "--max-symbols: must be at least 1"),
+        (["--max-symbols", "many"], "--max-symbols: must be a whole number"),
+        (["--min-tech-rating", "120"], "min_tech_rating: must be between 0 and 100"),
+        (["--sectors", "Crypto"], "unknown sectors 'Crypto'; valid: "),
+        (["--provider", "polygon"], "invalid choice: 'polygon'"),
+        (["--as-of", "2017-02-30"], "must be a date as YYYY-MM-DD"),
+        (["--as-of", "1999-01-01"], "before the first date of the data"),
+        (["--symbols", "10"], "--symbols applies to --provider synthetic only"),
+        (["--provider", "csv"], "data_dir: the csv provider needs a directory"),
+        (["--provider", "csv", "--data-dir", "/nope"], "data directory not found: /nope"),
+        (["--universe", "/nope.csv"], "universe file not found"),
+        (["--risk-pct", "abc"], "must be a number"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    done = technic("scan", "--no-progress", *args, data_dir=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert message in lines[0]
+
+
+def test_ctrl_c_cancels_cleanly(tmp_path: Path) -> None:
+    env = {**os.environ, "TECHNIC_DATA_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [*TECHNIC, "scan", "--provider", "synthetic", "--symbols", "60000", "--bars", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    seen = ""
+    while "Starting stage: symbol_scanning" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert time.monotonic() - interrupted < 5
+    assert "technic scan: cancelled" in stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""
+
+
+def test_live_view_on_a_terminal(tmp_path: Path) -> None:
+    """On a TTY, stderr shows the seed's multi-stage view redrawn in place."""
+    env = {**os.environ, "TECHNIC_DATA_DIR": str(tmp_path), "COLUMNS": "160"}
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*TECHNIC, "scan", "--provider", "synthetic", "--symbols", "5000", "--bars", "200"],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env=env,
+        cwd=ROOT,
+    )
+    os.close(follower)
+    screen = b""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                screen += os.read(leader, 65536)
+            except OSError:  # the terminal closed
+                break
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=30)
+    os.close(leader)
+    text = screen.decode()
+    assert process.returncode == 0
+    assert "\x1b[" in text  # redrawn in place
+    for label in ("Universe Loading", "Data Fetching", "Symbol Scanning", "Finalization"):
+        assert label in text
+    assert "5000/5000 symbols" in text
+    assert "100.0%" in text
+    assert "ETA" in text
