@@ -2,22 +2,50 @@
 
 Workers are started by ``forkserver`` rather than ``fork``: forking a process that runs an
 event loop and threads copies their locks in whatever state they were in. Each worker
-imports the engine once at start-up (so the first chunk does not pay for numpy and scipy)
+imports the engine once at start-up (so the first chunk does not pay for importing numpy)
 and ignores SIGINT, so Ctrl-C reaches only the parent, which cancels the scan cleanly
-instead of every worker dying with a traceback.
+instead of every worker dying with a traceback. The compiled indicator kernels are loaded
+(from numba's on-disk cache) while the scan is still loading its data, so the first chunk
+does not pay for them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from engine import indicators
+
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+KEEP_FREED_MEMORY_BYTES = 1 << 30
+MMAP_THRESHOLD_BYTES = 256 << 20
+
+
+def _keep_freed_memory() -> None:
+    """Stop glibc from handing each chunk's freed arrays back to the kernel.
+
+    Every chunk allocates the same few megabytes of arrays; with glibc's defaults large
+    blocks are mmap'd and unmapped each time, so every chunk page-faults its arrays in
+    afresh (measured: 25,800 faults per worker for 8 chunks, against 1,080 with this).
+    A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_MEMORY_BYTES)
+    except (OSError, AttributeError):
+        return
+
 
 def _initialise_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import engine.chunk  # noqa: F401  (warm the import in the worker)
+    _keep_freed_memory()
+    indicators.warm_up()
 
 
 def _ready() -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import talib
@@ -581,3 +584,60 @@ def test_invalid_arguments_are_refused(call: Callable[[np.ndarray], object], mes
 def test_period_must_be_an_integer() -> None:
     with pytest.raises(TypeError):
         ind.sma(np.ones((30, 2)), 2.5)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# The compiled kernels
+
+
+def test_read_only_inputs_give_the_same_results() -> None:
+    """Read-only arrays (a memory-mapped cache, say) are a separate numba type: same code."""
+    bars = synthetic_bars(120, 7, seed=13)
+    frozen = {f: getattr(bars, f).copy() for f in FIELDS}
+    for array in frozen.values():
+        array.flags.writeable = False
+    read_only = Bars(**frozen, lengths=bars.lengths)
+    for spec in SPECS:
+        for a, b in zip(as_tuple(spec.ours(bars)), as_tuple(spec.ours(read_only)), strict=True):
+            np.testing.assert_array_equal(b, a, err_msg=spec.name)
+
+
+def test_threads_running_kernels_at_once_match_one_call() -> None:
+    """The kernels release the GIL and keep no shared state: column slices computed by
+    concurrent threads equal the whole block computed at once."""
+    bars = synthetic_bars(400, 64, seed=17)
+    slices = [slice(start, start + 8) for start in range(0, 64, 8)]
+    for spec in SPECS:
+        whole = as_tuple(spec.ours(bars))
+
+        def part(columns: slice, spec: Spec = spec) -> tuple[np.ndarray, ...]:
+            sliced = {f: getattr(bars, f)[:, columns] for f in FIELDS}
+            return as_tuple(spec.ours(Bars(**sliced, lengths=bars.lengths[columns])))
+
+        with ThreadPoolExecutor(4) as pool:
+            parts = list(pool.map(part, slices))
+        for k, output in enumerate(whole):
+            joined = np.hstack([p[k] for p in parts])
+            np.testing.assert_array_equal(joined, output, err_msg=spec.name)
+
+
+def kernels() -> dict[str, numba.core.registry.CPUDispatcher]:
+    return {
+        name: value
+        for name, value in vars(ind).items()
+        if isinstance(value, numba.core.registry.CPUDispatcher) and name.endswith("_rows")
+    }
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="numba JIT disabled")
+def test_warm_up_compiles_every_kernel_into_the_disk_cache() -> None:
+    """Each kernel is saved by numba's disk cache, so a new process (a scan worker) loads it
+    in milliseconds instead of compiling it for seconds: nothing in a kernel may stop numba
+    from caching it (that would also warn, which this suite turns into an error)."""
+    ind.warm_up()
+    assert kernels()
+    for name, kernel in kernels().items():
+        assert kernel.signatures, f"{name} was not compiled by warm_up"
+        cache_path = kernel.stats.cache_path
+        assert cache_path is not None, f"{name} is not cached"
+        assert list(Path(cache_path).glob(f"indicators.{name}-*.nbi")), name
