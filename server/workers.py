@@ -19,14 +19,13 @@ from concurrent.futures.process import BrokenProcessPool
 
 from engine import indicators
 
-
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 KEEP_FREED_MEMORY_BYTES = 1 << 30
 MMAP_THRESHOLD_BYTES = 256 << 20
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Stop glibc from handing each chunk's freed arrays back to the kernel.
 
     Every chunk allocates the same few megabytes of arrays; with glibc's defaults large
@@ -44,7 +43,7 @@ def _keep_freed_memory() -> None:
 
 def _initialise_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _keep_freed_memory()
+    keep_freed_memory()
     indicators.warm_up()
 
 
