@@ -41,7 +41,13 @@ from server.requests import (
     parse_since,
     parse_start,
 )
-from server.views import performance_metrics, progress_from_record, results_csv, scan_summary
+from server.views import (
+    performance_metrics,
+    progress_from_record,
+    results_csv,
+    scan_summary,
+    stats_json,
+)
 from server.workers import WorkerPool
 from storage import (
     RESULT_SORTS,
@@ -426,7 +432,7 @@ async def stage_stats(request: web.Request) -> web.Response:
     stats = await request.app[DATABASE].repository.stage_stats(
         since=dt.datetime.now(dt.UTC) - window, by_bucket=by_bucket in ("true", "1")
     )
-    return json_response(stats)
+    return json_response(stats_json(stats))
 
 
 async def health(request: web.Request) -> web.Response:

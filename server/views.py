@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.progress import SCAN_STAGES, format_eta
 from engine.scan import ROW_FIELDS
-from storage import Scan
+from storage import Scan, SizeBucket, StageStats
 
 PERFORMANCE_KEYS = (
     "total_seconds",
@@ -106,3 +106,30 @@ def results_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def stats_json(stats: StageStats, bucket: SizeBucket | None = None) -> dict[str, Any]:
+    """The JSON shape of ``technic history --format json`` and of ``GET /stats/stages``."""
+    return {
+        "since": stats.since.isoformat(),
+        "until": stats.until.isoformat(),
+        "by_bucket": stats.by_bucket,
+        "bucket": None if bucket is None else bucket.label,
+        "dominant_stage": stats.dominant_stage,
+        "stages": [
+            {
+                "stage": row.stage,
+                "bucket": None if row.bucket is None else row.bucket.label,
+                "count": row.count,
+                "mean_s": row.mean_s,
+                "p50_s": row.p50_s,
+                "p90_s": row.p90_s,
+                "p99_s": row.p99_s,
+                "total_s": row.total_s,
+                "symbols_per_s": row.symbols_per_s,
+                "share": row.share,
+                "dominant": row.dominant,
+            }
+            for row in stats.stages
+        ],
+    }

@@ -1,0 +1,79 @@
+"""PostgreSQL storage for scans, stage timings, results and failures (asyncpg).
+
+Typical use from the server::
+
+    database = await storage.connect(settings)      # embedded server if DATABASE_URL unset
+    repo = database.repository
+    scan = await repo.create_scan(uuid4(), config)
+    ...
+    await database.close()
+
+Errors are listed in ``storage.errors``; everything raised on purpose is a ``StorageError``.
+"""
+
+from storage.database import Database, connect, connect_url
+from storage.embedded import EmbeddedPostgres
+from storage.errors import (
+    DatabaseUnavailable,
+    IllegalTransition,
+    InvalidInput,
+    MigrationError,
+    ScanNotFound,
+    StorageError,
+)
+from storage.migrate import migrate
+from storage.models import (
+    SCAN_STATUSES,
+    SCAN_TRANSITIONS,
+    STAGE_STATUSES,
+    STAGE_TRANSITIONS,
+    STAGES,
+    TERMINAL_STATUSES,
+    Failure,
+    MigrationReport,
+    ResultPage,
+    Scan,
+    ScanPage,
+    ScanStatus,
+    SizeBucket,
+    StageName,
+    StageStat,
+    StageStats,
+    StageStatus,
+    StageTiming,
+)
+from storage.repository import RESULT_SORTS, Repository
+
+__all__ = [
+    "RESULT_SORTS",
+    "SCAN_STATUSES",
+    "SCAN_TRANSITIONS",
+    "STAGES",
+    "STAGE_STATUSES",
+    "STAGE_TRANSITIONS",
+    "TERMINAL_STATUSES",
+    "Database",
+    "DatabaseUnavailable",
+    "EmbeddedPostgres",
+    "Failure",
+    "IllegalTransition",
+    "InvalidInput",
+    "MigrationError",
+    "MigrationReport",
+    "Repository",
+    "ResultPage",
+    "Scan",
+    "ScanNotFound",
+    "ScanPage",
+    "ScanStatus",
+    "SizeBucket",
+    "StageName",
+    "StageStat",
+    "StageStats",
+    "StageStatus",
+    "StageTiming",
+    "StorageError",
+    "connect",
+    "connect_url",
+    "migrate",
+]

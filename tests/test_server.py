@@ -74,6 +74,16 @@ class Service:
         assert response.status == 202, await response.text()
         return (await response.json())["scan_id"]
 
+    async def settled(self, timeout_s: float = 30) -> None:
+        """Wait until every database write the service queued has been made."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            health = await (await self.get("/health")).json()
+            if health["database_backlog"] == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("database writes did not settle")
+
     async def wait_for(self, scan_id: str, statuses: set[str], timeout_s: float = 60) -> dict:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -418,7 +428,7 @@ async def test_cancel_takes_effect_within_a_second(service: Service) -> None:
     final = await service.wait_for(scan_id, {"cancelled"}, timeout_s=5)
     assert time.monotonic() - asked < 1.0
     assert final["overall_progress"] < 100
-    await asyncio.sleep(0.5)
+    await service.settled()
     stored = await (await service.get("/scans?status=cancelled")).json()
     assert scan_id in [s["scan_id"] for s in stored["scans"]]
 
@@ -447,7 +457,7 @@ async def test_restart_serves_finished_scans_from_the_database(
         scan_id = await service.start({"max_symbols": 25})
         before = await service.wait_for(scan_id, {"completed"})
         results_before = await (await service.get(f"/scan/results/{scan_id}")).json()
-        await asyncio.sleep(0.3)
+        await service.settled()
     async with serve(settings) as service:
         after = await (await service.get(f"/scan/progress/{scan_id}")).json()
         assert after["status"] == "completed"
@@ -551,7 +561,7 @@ async def test_health_metrics_history_and_stats(service: Service) -> None:
     ids = [await service.start({"max_symbols": 10 + i}) for i in range(3)]
     for scan_id in ids:
         await service.wait_for(scan_id, {"completed"})
-    await asyncio.sleep(0.5)
+    await service.settled()
     page = await (await service.get("/scans?limit=2")).json()
     assert len(page["scans"]) == 2 and page["next_cursor"]
     rest = await (await service.get(f"/scans?limit=2&cursor={page['next_cursor']}")).json()

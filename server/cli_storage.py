@@ -1,0 +1,240 @@
+"""The storage subcommands of ``technic``: ``migrate`` and ``history``.
+
+``server/cli.py`` calls ``add_storage_commands(subparsers)``; each subcommand sets
+``func(args) -> int`` (0 success, 1 database unavailable or migration failed, 2 bad
+arguments or settings), prints its result on stdout and any error as one line on stderr.
+With ``DATABASE_URL`` unset both use the embedded PostgreSQL in the data directory, so they
+work from a fresh clone with nothing installed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from config.settings import Settings, SettingsError
+from server.views import stats_json
+from storage import (
+    DatabaseUnavailable,
+    InvalidInput,
+    MigrationError,
+    SizeBucket,
+    StageStats,
+    StorageError,
+    connect,
+)
+
+_SINCE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def add_storage_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Register ``migrate`` and ``history`` on the ``technic`` argument parser."""
+    migrate = subparsers.add_parser(
+        "migrate",
+        help="apply pending database migrations and report what was done",
+        description="Apply migrations/NNNN_name.sql files not yet applied, in order, each in "
+        "its own transaction, under an advisory lock.",
+    )
+    migrate.add_argument(
+        "--migrations-dir", type=Path, default=None, help="directory of migration files"
+    )
+    migrate.set_defaults(func=run_migrate)
+
+    history = subparsers.add_parser(
+        "history",
+        help="stage-timing statistics of past scans",
+        description="Per stage: count, mean, p50/p90/p99 seconds, symbols/s and share of time, "
+        "over stages completed in the window.",
+    )
+    history.add_argument(
+        "--since", default="7d", help="window length: N followed by m, h, d or w (default 7d)"
+    )
+    history.add_argument("--format", choices=("table", "json"), default="table")
+    history.add_argument(
+        "--universe-size-bucket",
+        default=None,
+        metavar="BUCKET",
+        help="'all' to split by universe-size decade, or one bucket: 1000-9999, or a size "
+        "such as 2500 for its bucket",
+    )
+    history.set_defaults(func=run_history)
+
+
+def parse_since(text: str) -> timedelta:
+    """``30m``, ``12h``, ``7d`` or ``2w`` as a timedelta; ValueError otherwise."""
+    match = _SINCE.match(text or "")
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"--since must look like 30m, 12h, 7d or 2w, got {text!r}")
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError as e:
+        raise ValueError(f"--since {text!r} is too long ago") from e
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    settings = _settings("migrate")
+    if settings is None:
+        return 2
+    return asyncio.run(_migrate(settings, getattr(args, "migrations_dir", None)))
+
+
+async def _migrate(settings: Settings, migrations_dir: Path | None) -> int:
+    try:
+        database = await connect(settings, migrate=False, migrations_dir=migrations_dir, max_size=1)
+        try:
+            report = await database.migrate()
+            print(f"database: {database.description}")
+        finally:
+            await database.close()
+    except StorageError as e:
+        return _fail("migrate", e)
+    for name in report.applied:
+        print(f"applied {name}")
+    total = len(report.applied) + len(report.already_applied)
+    if report.applied:
+        print(
+            f"{_plural(len(report.applied), 'migration')} applied in {report.duration_s:.2f} s;"
+            f" schema is up to date ({_plural(total, 'migration')} in total)"
+        )
+    else:
+        print(
+            f"nothing to apply; schema is up to date"
+            f" ({_plural(total, 'migration')} applied earlier)"
+        )
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    try:
+        window = parse_since(args.since)
+        by_bucket, bucket = _bucket_option(args.universe_size_bucket)
+    except ValueError as e:
+        print(f"technic history: {e}", file=sys.stderr)
+        return 2
+    settings = _settings("history")
+    if settings is None:
+        return 2
+    return asyncio.run(_history(settings, window, by_bucket, bucket, args.format))
+
+
+async def _history(
+    settings: Settings,
+    window: timedelta,
+    by_bucket: bool,
+    bucket: SizeBucket | None,
+    output: str,
+) -> int:
+    try:
+        until = datetime.now(UTC)
+        since = until - window
+    except OverflowError:
+        print("technic history: --since reaches before year 1", file=sys.stderr)
+        return 2
+    try:
+        database = await connect(settings, max_size=1)
+        try:
+            stats = await database.repository.stage_stats(
+                since=since, until=until, by_bucket=by_bucket, bucket=bucket
+            )
+        finally:
+            await database.close()
+    except StorageError as e:
+        return _fail("history", e)
+    if output == "json":
+        sys.stdout.write(
+            orjson.dumps(stats_json(stats, bucket), option=orjson.OPT_INDENT_2).decode()
+        )
+        sys.stdout.write("\n")
+    else:
+        print(format_table(stats, bucket))
+    return 0
+
+
+def _bucket_option(value: str | None) -> tuple[bool, SizeBucket | None]:
+    if value is None:
+        return False, None
+    if value.strip().lower() == "all":
+        return True, None
+    try:
+        return False, SizeBucket.parse(value)
+    except ValueError as e:
+        raise ValueError(f"--universe-size-bucket: {e}") from e
+
+
+def format_table(stats: StageStats, bucket: SizeBucket | None = None) -> str:
+    """A plain-text table, one line per stage (and bucket), with the dominant stage marked."""
+    span = f"{stats.since:%Y-%m-%d %H:%M} to {stats.until:%Y-%m-%d %H:%M} UTC"
+    title = f"Stage timings, {span}"
+    if bucket is not None:
+        title += f", universe size {bucket.label}"
+    if not stats.stages:
+        return f"{title}\nno completed stages in this window"
+    headers = ["stage", "count", "mean_s", "p50_s", "p90_s", "p99_s", "symbols/s", "share"]
+    if stats.by_bucket:
+        headers.insert(0, "universe")
+    lines = []
+    for row in stats.stages:
+        cells = [
+            row.stage + (" *" if row.dominant else ""),
+            str(row.count),
+            _seconds(row.mean_s),
+            _seconds(row.p50_s),
+            _seconds(row.p90_s),
+            _seconds(row.p99_s),
+            "-" if row.symbols_per_s is None else f"{row.symbols_per_s:,.1f}",
+            f"{row.share:.0%}",
+        ]
+        if stats.by_bucket:
+            cells.insert(0, "unknown" if row.bucket is None else row.bucket.label)
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
+    text_columns = {"stage", "universe"}
+
+    def render(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if h in text_columns else c.rjust(w)
+            for c, w, h in zip(cells, widths, headers, strict=True)
+        ).rstrip()
+
+    out = [title, render(headers), render(["-" * w for w in widths])]
+    out += [render(cells) for cells in lines]
+    out.append(f"* dominant stage (largest share of time); overall: {stats.dominant_stage}")
+    return "\n".join(out)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}" if value < 1000 else f"{value:,.1f}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _settings(command: str) -> Settings | None:
+    try:
+        return Settings.from_env()
+    except SettingsError as e:
+        print(f"technic {command}: {e}", file=sys.stderr)
+        return None
+
+
+def _fail(command: str, error: StorageError) -> int:
+    if isinstance(error, DatabaseUnavailable):
+        print(f"technic {command}: {error}", file=sys.stderr)
+        return 1
+    if isinstance(error, MigrationError):
+        print(f"technic {command}: migration failed: {error}", file=sys.stderr)
+        return 1
+    if isinstance(error, InvalidInput):
+        print(f"technic {command}: {error}", file=sys.stderr)
+        return 2
+    print(f"technic {command}: {error}", file=sys.stderr)
+    return 1

@@ -1,0 +1,213 @@
+"""Records returned by the repository and the state machines they obey.
+
+The status vocabularies are ``Literal`` types and tuples here, and the same lists are CHECK
+constraints in ``migrations/0001_initial.sql``; the database refuses what Python forgot to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal, get_args
+from uuid import UUID
+
+ScanStatus = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+StageName = Literal["universe_loading", "data_fetching", "symbol_scanning", "finalization"]
+StageStatus = Literal["pending", "running", "completed", "failed", "skipped"]
+
+SCAN_STATUSES: Final[tuple[ScanStatus, ...]] = get_args(ScanStatus)
+STAGES: Final[tuple[StageName, ...]] = get_args(StageName)
+STAGE_STATUSES: Final[tuple[StageStatus, ...]] = get_args(StageStatus)
+TERMINAL_STATUSES: Final[frozenset[ScanStatus]] = frozenset(
+    ("completed", "failed", "cancelled", "interrupted")
+)
+
+# Which statuses a scan may move to from each status. A pending scan can fail (bad input found
+# when it is picked up), be cancelled while queued, or be interrupted when its process dies.
+SCAN_TRANSITIONS: Final[dict[ScanStatus, frozenset[ScanStatus]]] = {
+    "pending": frozenset(("running", "failed", "cancelled", "interrupted")),
+    "running": frozenset(("completed", "failed", "cancelled", "interrupted")),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+    "interrupted": frozenset(),
+}
+
+# Stage moves: a stage starts and then ends, or is skipped, before or after it started (the
+# tracker may only learn that a stage has nothing to do once it is under way).
+STAGE_TRANSITIONS: Final[dict[StageStatus, frozenset[StageStatus]]] = {
+    "pending": frozenset(("running", "skipped")),
+    "running": frozenset(("completed", "failed", "skipped")),
+    "completed": frozenset(),
+    "failed": frozenset(),
+    "skipped": frozenset(),
+}
+
+# Columns of a result row that get their own typed column because the UI sorts or filters on
+# them; the whole row is stored as jsonb as well, so nothing else needs a schema change.
+RESULT_TEXT_FIELDS: Final[tuple[str, ...]] = ("symbol", "sector", "signal")
+RESULT_NUMBER_FIELDS: Final[tuple[str, ...]] = (
+    "tech_rating",
+    "close",
+    "rsi14",
+    "ret_21d",
+    "rel_volume",
+    "dollar_volume_20d",
+    "reward_risk",
+)
+SIGNALS: Final[tuple[str, ...]] = ("Strong Buy", "Buy", "Neutral", "Sell", "Strong Sell")
+
+
+@dataclass(frozen=True, slots=True)
+class StageTiming:
+    """One stage of one scan; durations in seconds, throughput in units per second."""
+
+    scan_id: UUID
+    stage: StageName
+    status: StageStatus
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    units_done: int | None
+    units_total: int | None
+    throughput: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A scan as stored. ``stages`` is filled by ``get_scan`` only, in pipeline order."""
+
+    id: UUID
+    status: ScanStatus
+    config: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    universe_size: int | None
+    symbols_scanned: int | None
+    symbols_failed: int | None
+    result_count: int
+    error: str | None
+    metrics: dict[str, Any] | None
+    owner: str | None
+    stages: tuple[StageTiming, ...] = ()
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """A page of ``list_scans``; pass ``next_cursor`` back to get the following page."""
+
+    scans: list[Scan]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultPage:
+    """A page of results: ``rows[i]`` is the dict saved for rank ``ranks[i]``.
+
+    ``total`` counts every row matching the filters, not just this page.
+    """
+
+    rows: list[dict[str, Any]]
+    ranks: list[int]
+    total: int
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A symbol the scan could not score, and why."""
+
+    symbol: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SizeBucket:
+    """Universe sizes grouped by order of magnitude: 0-9, 10-99, 100-999, ...
+
+    Decades keep the number of buckets small and stable while separating the regimes that
+    behave differently (a 50-symbol scan is dominated by fixed costs, a 5,000-symbol one by
+    symbol_scanning).
+    """
+
+    low: int
+    high: int
+
+    @classmethod
+    def of(cls, universe_size: int) -> SizeBucket:
+        if universe_size < 0:
+            raise ValueError(f"universe size must not be negative, got {universe_size}")
+        digits = len(str(universe_size))
+        return cls(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+    @classmethod
+    def parse(cls, text: str) -> SizeBucket:
+        """Accept a label such as ``1000-9999`` or a size such as ``2500`` (its bucket)."""
+        cleaned = text.strip().replace("_", "").replace(",", "")
+        low_text, sep, high_text = cleaned.partition("-")
+        if not low_text.isdigit() or (sep and not high_text.isdigit()):
+            raise ValueError(f"expected a universe size or a bucket like 1000-9999, got {text!r}")
+        bucket = cls.of(int(low_text))
+        if sep and (bucket.low != int(low_text) or bucket.high != int(high_text)):
+            raise ValueError(f"{text!r} is not a bucket; buckets are 0-9, 10-99, 100-999, ...")
+        return bucket
+
+    @property
+    def label(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True, slots=True)
+class StageStat:
+    """Statistics of one stage's completed runs (of one size bucket when bucketed).
+
+    ``share`` is this stage's part of the summed duration of all stages in the same group;
+    ``dominant`` marks the stage with the largest share, where time should be saved first.
+    """
+
+    stage: StageName
+    bucket: SizeBucket | None
+    count: int
+    mean_s: float
+    p50_s: float
+    p90_s: float
+    p99_s: float
+    total_s: float
+    symbols_per_s: float | None
+    share: float
+    dominant: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StageStats:
+    """The answer of ``stage_stats``: rows in bucket then pipeline order."""
+
+    since: datetime
+    until: datetime
+    by_bucket: bool
+    stages: list[StageStat] = field(default_factory=list)
+
+    @property
+    def dominant_stage(self) -> StageName | None:
+        """The stage taking the most total time over the whole window, across buckets."""
+        totals: dict[StageName, float] = {}
+        for row in self.stages:
+            totals[row.stage] = totals.get(row.stage, 0.0) + row.total_s
+        return max(totals, key=lambda s: totals[s]) if totals else None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """What ``migrate`` did: files applied now, and files found already applied."""
+
+    applied: list[str]
+    already_applied: list[str]
+    duration_s: float

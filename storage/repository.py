@@ -1,0 +1,1091 @@
+"""Every read and write of scans, stage timings, results and failures.
+
+Rules the methods follow, so the server can rely on them:
+
+- Every value from a caller is a bound parameter; the few things that must be spliced into
+  SQL text (sort column, sort direction, which filters are present) come from whitelists in
+  this module, never from the caller's strings.
+- Reads of an unknown (or malformed) scan id return ``None``; writes raise ``ScanNotFound``.
+- Each write is one statement or one transaction: a failure leaves nothing half-written.
+- Status changes lock the row, check the state machine in ``storage.models`` and raise
+  ``IllegalTransition`` for a forbidden move, so two callers cannot both win a race.
+- Bulk writes (results, failures) use binary ``COPY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import math
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+from uuid import UUID
+
+import asyncpg
+import numpy as np
+import orjson
+
+from storage._pg import db_call
+from storage.errors import DatabaseUnavailable, IllegalTransition, InvalidInput, ScanNotFound
+from storage.models import (
+    RESULT_NUMBER_FIELDS,
+    SCAN_STATUSES,
+    SCAN_TRANSITIONS,
+    SIGNALS,
+    STAGE_TRANSITIONS,
+    STAGES,
+    TERMINAL_STATUSES,
+    Failure,
+    ResultPage,
+    Scan,
+    ScanPage,
+    ScanStatus,
+    SizeBucket,
+    StageName,
+    StageStat,
+    StageStats,
+    StageStatus,
+    StageTiming,
+)
+
+MAX_PAGE_SIZE: Final = 1000
+MAX_OFFSET: Final = 10_000_000
+INTERRUPTED_ERROR: Final = "interrupted: the process running this scan stopped"
+
+# Sort keys the results endpoint accepts -> (SQL column, SQL type of its values). The column
+# names are the only caller-influenced text that reaches SQL, and only through this table.
+RESULT_SORTS: Final[dict[str, tuple[str, str]]] = {
+    "rank": ("rank", "integer"),
+    "symbol": ("symbol", "text"),
+    "sector": ("sector", "text"),
+    "tech_rating": ("tech_rating", "double precision"),
+    "signal": ("signal_order", "smallint"),
+    "close": ("close", "double precision"),
+    "rsi14": ("rsi14", "double precision"),
+    "ret_21d": ("ret_21d", "double precision"),
+    "rel_volume": ("rel_volume", "double precision"),
+    "dollar_volume_20d": ("dollar_volume_20d", "double precision"),
+    "reward_risk": ("reward_risk", "double precision"),
+}
+
+_RESULT_COLUMNS: Final = (
+    "scan_id",
+    "rank",
+    "symbol",
+    "sector",
+    "signal",
+    *RESULT_NUMBER_FIELDS,
+    "data",
+)
+_FAILURE_COLUMNS: Final = ("scan_id", "seq", "symbol", "reason")
+_SCAN_COLUMNS: Final = (
+    "id, status, config, created_at, updated_at, started_at, finished_at, universe_size,"
+    " symbols_scanned, symbols_failed, result_count, error, metrics, owner"
+)
+_STAGE_COLUMNS: Final = (
+    "scan_id, stage, status, started_at, finished_at, duration_s, units_done, units_total,"
+    " throughput"
+)
+
+
+class Repository:
+    """Async access to the technic tables through an asyncpg pool (see module docstring)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool underneath, for maintenance scripts and tests that seed data in bulk."""
+        return self._pool
+
+    # ------------------------------------------------------------------ scans
+
+    @db_call("create scan")
+    async def create_scan(
+        self,
+        scan_id: UUID,
+        config: Mapping[str, Any],
+        *,
+        universe_size: int | None = None,
+        owner: str | None = None,
+    ) -> Scan:
+        """Store a new pending scan and its four pending stages in one statement."""
+        if not isinstance(scan_id, UUID):
+            raise InvalidInput("scan_id", f"must be a UUID, got {type(scan_id).__name__}")
+        config_dict = _json_object("config", config)
+        size = _count("universe_size", universe_size)
+        if owner is not None:
+            _text("owner", owner)
+        try:
+            record = await self._pool.fetchrow(
+                f"""
+                WITH s AS (
+                    INSERT INTO scans (id, config, universe_size, owner)
+                    VALUES ($1, $2, $3, $4)
+                    RETURNING {_SCAN_COLUMNS}
+                ), t AS (
+                    INSERT INTO stage_timings (scan_id, stage, universe_size)
+                    SELECT s.id, stage, s.universe_size FROM s, unnest($5::text[]) AS stage
+                )
+                SELECT * FROM s
+                """,
+                scan_id,
+                config_dict,
+                size,
+                owner,
+                list(STAGES),
+            )
+        except asyncpg.UniqueViolationError as e:
+            raise InvalidInput("scan_id", f"scan {scan_id} already exists") from e
+        return _scan(record, _pending_stages(scan_id))
+
+    @db_call("change scan status")
+    async def transition(
+        self,
+        scan_id: UUID | str,
+        to: ScanStatus,
+        *,
+        error: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        universe_size: int | None = None,
+        symbols_scanned: int | None = None,
+        symbols_failed: int | None = None,
+    ) -> Scan:
+        """Move a scan to ``to``; stamps started_at on running and finished_at on the end.
+
+        The optional fields are stored in the same transaction, so a scan never appears
+        completed without its metrics. ``symbols_scanned``/``symbols_failed`` default to the
+        values of the same name in ``metrics``.
+        """
+        if to not in SCAN_STATUSES:
+            raise InvalidInput("status", f"must be one of {', '.join(SCAN_STATUSES)}")
+        uuid = _write_id(scan_id)
+        fields = _scan_fields(error, metrics, universe_size, symbols_scanned, symbols_failed)
+        async with self._pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval("SELECT status FROM scans WHERE id = $1 FOR UPDATE", uuid)
+            if current is None:
+                raise ScanNotFound(uuid)
+            if to not in SCAN_TRANSITIONS[current]:
+                raise IllegalTransition(f"scan {uuid}", current, to)
+            record = await conn.fetchrow(
+                f"""
+                UPDATE scans SET
+                    status = $2,
+                    started_at = CASE WHEN $2 = 'running' THEN now() ELSE started_at END,
+                    finished_at = CASE WHEN $3 THEN greatest(now(), started_at) END,
+                    updated_at = now(),
+                    error = coalesce($4, error),
+                    metrics = coalesce($5, metrics),
+                    universe_size = coalesce($6, universe_size),
+                    symbols_scanned = coalesce($7, symbols_scanned),
+                    symbols_failed = coalesce($8, symbols_failed)
+                WHERE id = $1
+                RETURNING {_SCAN_COLUMNS}
+                """,
+                uuid,
+                to,
+                to in TERMINAL_STATUSES,
+                *fields,
+            )
+            await _sync_stage_sizes(conn, uuid, fields[2])
+        return _scan(record)
+
+    @db_call("update scan")
+    async def update_scan(
+        self,
+        scan_id: UUID | str,
+        *,
+        universe_size: int | None = None,
+        symbols_scanned: int | None = None,
+        symbols_failed: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> Scan:
+        """Store facts learned while a scan runs (e.g. the universe size after loading it)."""
+        uuid = _write_id(scan_id)
+        fields = _scan_fields(None, metrics, universe_size, symbols_scanned, symbols_failed)
+        async with self._pool.acquire() as conn, conn.transaction():
+            record = await conn.fetchrow(
+                f"""
+                UPDATE scans SET
+                    updated_at = now(),
+                    metrics = coalesce($2, metrics),
+                    universe_size = coalesce($3, universe_size),
+                    symbols_scanned = coalesce($4, symbols_scanned),
+                    symbols_failed = coalesce($5, symbols_failed)
+                WHERE id = $1
+                RETURNING {_SCAN_COLUMNS}
+                """,
+                uuid,
+                *fields[1:],
+            )
+            if record is None:
+                raise ScanNotFound(uuid)
+            await _sync_stage_sizes(conn, uuid, fields[2])
+        return _scan(record)
+
+    @db_call("get scan")
+    async def get_scan(self, scan_id: UUID | str) -> Scan | None:
+        """The scan with its stages in pipeline order, or ``None`` if there is no such scan."""
+        uuid = _read_id(scan_id)
+        if uuid is None:
+            return None
+        async with self._pool.acquire() as conn, _snapshot(conn):
+            record = await conn.fetchrow(f"SELECT {_SCAN_COLUMNS} FROM scans WHERE id = $1", uuid)
+            if record is None:
+                return None
+            stage_rows = await conn.fetch(
+                f"SELECT {_STAGE_COLUMNS} FROM stage_timings WHERE scan_id = $1", uuid
+            )
+        stages = sorted((_stage(r) for r in stage_rows), key=lambda s: STAGES.index(s.stage))
+        return _scan(record, tuple(stages))
+
+    @db_call("list scans")
+    async def list_scans(
+        self,
+        *,
+        status: ScanStatus | Iterable[ScanStatus] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ScanPage:
+        """Scans newest first, created in ``[since, until)``, one keyset page at a time.
+
+        Pass the returned ``next_cursor`` to get the next page; it is ``None`` on the last.
+        Keyset pages stay fast and stable however deep the history, unlike offsets.
+        """
+        query = _Query()
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            for value in statuses:
+                if value not in SCAN_STATUSES:
+                    raise InvalidInput("status", f"must be one of {', '.join(SCAN_STATUSES)}")
+            query.where("status = ANY({}::text[])", statuses)
+        if since is not None:
+            query.where("created_at >= {}", _aware("since", since))
+        if until is not None:
+            query.where("created_at < {}", _aware("until", until))
+        if cursor is not None:
+            created_at, last_id = _decode_scan_cursor(cursor)
+            query.where("(created_at, id) < ({}, {})", created_at, last_id)
+        page_size = _limit(limit)
+        sql = (
+            f"SELECT {_SCAN_COLUMNS} FROM scans {query.sql_where()}"
+            f" ORDER BY created_at DESC, id DESC LIMIT {query.bind(page_size + 1)}"
+        )
+        records = await self._pool.fetch(sql, *query.args)
+        scans = [_scan(r) for r in records[:page_size]]
+        next_cursor = None
+        if len(records) > page_size:
+            last = scans[-1]
+            next_cursor = _encode_cursor([last.created_at.isoformat(), str(last.id)])
+        return ScanPage(scans, next_cursor)
+
+    @db_call("mark interrupted scans")
+    async def mark_interrupted(
+        self,
+        *,
+        owner: str | None = None,
+        stale_before: datetime | None = None,
+        error: str = INTERRUPTED_ERROR,
+    ) -> list[UUID]:
+        """Mark pending and running scans ``interrupted``; return their ids.
+
+        Call at start-up: scans still pending or running then were left by a process that
+        died. With several servers on one database, narrow it with ``owner`` (the value
+        given to ``create_scan``) or ``stale_before`` (no write since then). Their running
+        stages become ``failed``.
+        """
+        since = None if stale_before is None else _aware("stale_before", stale_before)
+        if owner is not None:
+            _text("owner", owner)
+        _text("error", error)
+        records = await self._pool.fetch(
+            """
+            WITH m AS (
+                UPDATE scans SET
+                    status = 'interrupted',
+                    finished_at = greatest(now(), started_at),
+                    updated_at = now(),
+                    error = coalesce(error, $3)
+                WHERE status IN ('pending', 'running')
+                  AND ($1::text IS NULL OR owner = $1)
+                  AND ($2::timestamptz IS NULL OR updated_at < $2)
+                RETURNING id
+            ), t AS (
+                UPDATE stage_timings SET status = 'failed'
+                WHERE scan_id IN (SELECT id FROM m) AND status = 'running'
+            )
+            SELECT id FROM m
+            """,
+            owner,
+            since,
+            error,
+        )
+        return [r["id"] for r in records]
+
+    # ----------------------------------------------------------------- stages
+
+    @db_call("start stage")
+    async def start_stage(
+        self,
+        scan_id: UUID | str,
+        stage: StageName,
+        *,
+        units_total: int | None = None,
+        started_at: datetime | None = None,
+    ) -> StageTiming:
+        """Record that a stage began (``started_at`` defaults to the database clock)."""
+        uuid = _write_id(scan_id)
+        _check_stage(stage)
+        total = _count("units_total", units_total)
+        start = None if started_at is None else _aware("started_at", started_at)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _lock_stage(conn, uuid, stage, "running")
+            record = await conn.fetchrow(
+                f"""
+                UPDATE stage_timings SET
+                    status = 'running',
+                    started_at = coalesce($3, now()),
+                    units_total = coalesce($4, units_total),
+                    units_done = 0
+                WHERE scan_id = $1 AND stage = $2
+                RETURNING {_STAGE_COLUMNS}
+                """,
+                uuid,
+                stage,
+                start,
+                total,
+            )
+            await _touch(conn, uuid)
+        return _stage(record)
+
+    @db_call("finish stage")
+    async def finish_stage(
+        self,
+        scan_id: UUID | str,
+        stage: StageName,
+        *,
+        status: StageStatus = "completed",
+        units_done: int | None = None,
+        units_total: int | None = None,
+        finished_at: datetime | None = None,
+        duration_s: float | None = None,
+    ) -> StageTiming:
+        """Record a stage's end: completed or failed after running, or skipped.
+
+        A skipped stage keeps no duration, so it never counts in the history statistics.
+
+        ``duration_s`` defaults to finished_at - started_at; pass the caller's monotonic
+        measurement when there is one, wall clocks jump. Throughput is units_done/duration_s.
+        """
+        uuid = _write_id(scan_id)
+        _check_stage(stage)
+        if status not in ("completed", "failed", "skipped"):
+            raise InvalidInput("status", "must be completed, failed or skipped")
+        done = _count("units_done", units_done)
+        total = _count("units_total", units_total)
+        end = None if finished_at is None else _aware("finished_at", finished_at)
+        if duration_s is not None and not (_is_number(duration_s) and duration_s >= 0):
+            raise InvalidInput("duration_s", "must be a finite number >= 0")
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await _lock_stage(conn, uuid, stage, status)
+            end = end or row["now"]
+            if status == "skipped":
+                seconds = None
+            elif duration_s is not None:
+                seconds = float(duration_s)
+            elif row["started_at"] is not None:
+                seconds = max(0.0, (end - row["started_at"]).total_seconds())
+            else:
+                seconds = None
+            done = done if done is not None else row["units_done"]
+            rate = done / seconds if done is not None and seconds else None
+            record = await conn.fetchrow(
+                f"""
+                UPDATE stage_timings SET
+                    status = $3, finished_at = $4, duration_s = $5,
+                    units_done = $6, units_total = coalesce($7, units_total), throughput = $8
+                WHERE scan_id = $1 AND stage = $2
+                RETURNING {_STAGE_COLUMNS}
+                """,
+                uuid,
+                stage,
+                status,
+                end,
+                seconds,
+                done,
+                total,
+                rate,
+            )
+            await _touch(conn, uuid)
+        return _stage(record)
+
+    # ---------------------------------------------------------------- results
+
+    @db_call("save results")
+    async def save_results(self, scan_id: UUID | str, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Replace the scan's results with ``rows``, ranked 1..n in the order given.
+
+        The engine hands rows over best first (tech_rating descending), so the position is the
+        rank. Each row is stored whole (as json: its values in the key order of the first
+        row, kept once per scan) and its sortable fields in typed columns; ``fetch_results``
+        gives back dicts equal to these, keys in the same order. JSON has no NaN or infinity, so a
+        non-finite float comes back as None (the row contract says None for "no value").
+        Returns the number of rows saved. Call it before the scan's final ``transition``.
+        """
+        uuid = _write_id(scan_id)
+        if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
+            raise InvalidInput("rows", "must be a sequence of row mappings")
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Not waiting for this commit's WAL flush saves tens of ms of the budget and risks
+            # nothing: the scan's next status change commits synchronously, which flushes
+            # this transaction's WAL too (WAL is sequential), and a crash before that leaves
+            # the scan unfinished (interrupted) anyway. Atomicity is unaffected.
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await _lock_scan(conn, uuid)
+            await conn.execute("DELETE FROM scan_results WHERE scan_id = $1", uuid)
+            keys = _row_keys(rows[0]) if rows else None
+            if rows:
+                records = _result_records(uuid, rows, keys or ())
+                await _copy(conn, "scan_results", records, _RESULT_COLUMNS)
+            await conn.execute(
+                "UPDATE scans SET result_count = $2, result_keys = $3, updated_at = now()"
+                " WHERE id = $1",
+                uuid,
+                len(rows),
+                None if keys is None else list(keys),
+            )
+        return len(rows)
+
+    @db_call("fetch results")
+    async def fetch_results(
+        self,
+        scan_id: UUID | str,
+        *,
+        sort: str = "rank",
+        descending: bool = False,
+        limit: int = 100,
+        offset: int | None = None,
+        cursor: str | None = None,
+        sector: str | None = None,
+        signal: str | Iterable[str] | None = None,
+        min_tech_rating: float | None = None,
+    ) -> ResultPage | None:
+        """One page of a scan's results, or ``None`` for an unknown scan.
+
+        ``sort`` is one of ``RESULT_SORTS``; ties (and missing values, always last) are broken
+        by rank. Page with ``offset`` or with the previous page's ``next_cursor``, not both.
+        """
+        uuid = _read_id(scan_id)
+        if uuid is None:
+            return None
+        if sort not in RESULT_SORTS:
+            raise InvalidInput("sort", f"must be one of {', '.join(RESULT_SORTS)}")
+        if not isinstance(descending, bool):
+            raise InvalidInput("descending", "must be true or false")
+        column, sql_type = RESULT_SORTS[sort]
+        page_size = _limit(limit)
+        if offset is not None and cursor is not None:
+            raise InvalidInput("offset", "use either offset or cursor, not both")
+        if offset is not None and not (_is_int(offset) and 0 <= offset <= MAX_OFFSET):
+            raise InvalidInput("offset", f"must be a whole number from 0 to {MAX_OFFSET}")
+
+        query = _Query()
+        query.where("scan_id = {}", uuid)
+        if sector is not None:
+            query.where("sector = {}", _text("sector", sector))
+        if signal is not None:
+            signals = [signal] if isinstance(signal, str) else list(signal)
+            if not signals or any(s not in SIGNALS for s in signals):
+                raise InvalidInput("signal", f"must be among {', '.join(SIGNALS)}")
+            query.where("signal = ANY({}::text[])", signals)
+        if min_tech_rating is not None:
+            if not _is_number(min_tech_rating):
+                raise InvalidInput("min_tech_rating", "must be a finite number")
+            query.where("tech_rating >= {}", float(min_tech_rating))
+        filters = query.sql_where()
+        filter_args = list(query.args)
+
+        if cursor is not None:
+            value, last_rank = _decode_result_cursor(cursor, sort, descending, sql_type)
+            cmp = "<" if descending else ">"
+            after = query.bind(last_rank)
+            if value is None:  # missing values sort last: only later ranks among them remain
+                query.add(f"({column} IS NULL AND rank > {after})")
+            else:
+                v = query.bind(value, sql_type)
+                query.add(
+                    f"({column} {cmp} {v} OR ({column} = {v} AND rank > {after})"
+                    f" OR {column} IS NULL)"
+                )
+        direction = "DESC" if descending else "ASC"
+        page_sql = (
+            f"SELECT rank, data, {column} AS sort_value FROM scan_results {query.sql_where()}"
+            f" ORDER BY {column} {direction} NULLS LAST, rank ASC"
+            f" LIMIT {query.bind(page_size + 1)}"
+        )
+        if offset:
+            page_sql += f" OFFSET {query.bind(offset)}"
+
+        async with self._pool.acquire() as conn, _snapshot(conn):
+            head = await conn.fetchrow(
+                "SELECT EXISTS (SELECT 1 FROM scans WHERE id = $1) AS known,"
+                " (SELECT result_keys FROM scans WHERE id = $1) AS keys,"
+                f" (SELECT count(*) FROM scan_results {filters}) AS total",
+                *filter_args,
+            )
+            if not head["known"]:
+                return None
+            records = await conn.fetch(page_sql, *query.args)
+        keys = head["keys"] or ()
+        page = records[:page_size]
+        next_cursor = None
+        if len(records) > page_size:
+            last = page[-1]
+            next_cursor = _encode_cursor(
+                {"s": sort, "d": descending, "v": last["sort_value"], "r": last["rank"]}
+            )
+        return ResultPage(
+            rows=[_row_from(keys, r["data"]) for r in page],
+            ranks=[r["rank"] for r in page],
+            total=head["total"],
+            next_cursor=next_cursor,
+        )
+
+    @db_call("save failures")
+    async def save_failures(
+        self, scan_id: UUID | str, failures: Iterable[Failure | Mapping[str, str]]
+    ) -> int:
+        """Append per-symbol failures (in order, after any saved before); returns the count."""
+        uuid = _write_id(scan_id)
+        items = [_failure(i, f) for i, f in enumerate(failures)]
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _lock_scan(conn, uuid)
+            if not items:
+                return 0
+            first = await conn.fetchval(
+                "SELECT coalesce(max(seq), 0) + 1 FROM scan_failures WHERE scan_id = $1", uuid
+            )
+            records = [(uuid, first + i, f.symbol, f.reason) for i, f in enumerate(items)]
+            await _copy(conn, "scan_failures", records, _FAILURE_COLUMNS)
+            await _touch(conn, uuid)
+        return len(items)
+
+    @db_call("fetch failures")
+    async def fetch_failures(self, scan_id: UUID | str) -> list[Failure] | None:
+        """All failures of a scan in the order saved, or ``None`` for an unknown scan."""
+        uuid = _read_id(scan_id)
+        if uuid is None:
+            return None
+        async with self._pool.acquire() as conn, _snapshot(conn):
+            if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM scans WHERE id = $1)", uuid):
+                return None
+            records = await conn.fetch(
+                "SELECT symbol, reason FROM scan_failures WHERE scan_id = $1 ORDER BY seq", uuid
+            )
+        return [Failure(r["symbol"], r["reason"]) for r in records]
+
+    # ---------------------------------------------------------------- history
+
+    @db_call("stage statistics")
+    async def stage_stats(
+        self,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        by_bucket: bool = False,
+        bucket: SizeBucket | None = None,
+    ) -> StageStats:
+        """Per-stage duration statistics of stages completed in ``[since, until)``.
+
+        Percentiles interpolate linearly (PostgreSQL ``percentile_cont``, numpy's default).
+        ``by_bucket`` splits every stage by universe-size decade; ``bucket`` keeps only scans
+        of that decade. symbols_per_s is total units over total seconds, not a mean of rates,
+        so one tiny scan cannot skew it.
+        """
+        start = _aware("since", since)
+        end = datetime.now(UTC) if until is None else _aware("until", until)
+        if end <= start:
+            raise InvalidInput("until", "must be later than since")
+        if not isinstance(by_bucket, bool):
+            raise InvalidInput("by_bucket", "must be true or false")
+        if bucket is not None and not isinstance(bucket, SizeBucket):
+            raise InvalidInput("bucket", "must be a SizeBucket")
+        query = _Query()
+        stages = query.bind(list(STAGES))
+        query.add("t.status = 'completed'")
+        query.add("t.stage = s.stage")
+        query.where("t.finished_at >= {}", start)
+        query.where("t.finished_at < {}", end)
+        if bucket is not None:
+            query.where("t.universe_size BETWEEN {} AND {}", bucket.low, bucket.high)
+        digits = "length(t.universe_size::text)" if by_bucket else "NULL::integer"
+        # One lateral aggregate per stage: each is an index-only range scan of that stage's
+        # window, so nothing sorts the whole window by stage first.
+        sql = f"""
+            SELECT s.stage, a.*
+            FROM unnest({stages}::text[]) AS s (stage)
+            CROSS JOIN LATERAL (
+                SELECT {digits} AS digits,
+                       count(*) AS n,
+                       avg(t.duration_s) AS mean_s,
+                       percentile_cont(ARRAY[0.5, 0.9, 0.99])
+                           WITHIN GROUP (ORDER BY t.duration_s) AS pcts,
+                       sum(t.duration_s) AS total_s,
+                       sum(t.units_done) FILTER (WHERE t.duration_s > 0) AS units,
+                       sum(t.duration_s)
+                           FILTER (WHERE t.duration_s > 0 AND t.units_done IS NOT NULL) AS unit_s
+                FROM stage_timings t
+                {query.sql_where()}
+                GROUP BY 1
+            ) AS a
+        """
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            # A wide window sorts hundreds of thousands of durations: keep that in memory. JIT
+            # compiling this small plan costs more (~0.2 s) than it ever saves.
+            await conn.execute("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off")
+            records = await conn.fetch(sql, *query.args)
+        return StageStats(start, end, by_bucket, _stage_stat_rows(records, by_bucket, bucket))
+
+    @db_call("ETA priors")
+    async def eta_priors(
+        self, universe_size: int, last_n: int = 10, *, size_ratio: float = 2.0
+    ) -> dict[StageName, float]:
+        """Seconds per unit of work per stage, from the last ``last_n`` similar completed scans.
+
+        "Similar" is a universe within a factor ``size_ratio`` of ``universe_size``; stages
+        without data are absent, so the tracker falls back to measuring. Summing seconds and
+        units over the scans (rather than averaging per-scan rates) weights big scans more,
+        which is what a time estimate needs.
+        """
+        size = _count("universe_size", universe_size)
+        if size is None:
+            raise InvalidInput("universe_size", "must be given")
+        if not (_is_int(last_n) and 1 <= last_n <= MAX_PAGE_SIZE):
+            raise InvalidInput("last_n", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
+        if not (_is_number(size_ratio) and size_ratio >= 1):
+            raise InvalidInput("size_ratio", "must be a number >= 1")
+        low, high = math.floor(size / size_ratio), math.ceil(size * size_ratio)
+        records = await self._pool.fetch(
+            """
+            WITH recent AS (
+                SELECT id FROM scans
+                WHERE status = 'completed' AND universe_size BETWEEN $1 AND $2
+                ORDER BY finished_at DESC
+                LIMIT $3
+            )
+            SELECT t.stage, sum(t.duration_s) / sum(t.units_done) AS seconds_per_unit
+            FROM stage_timings t JOIN recent r ON r.id = t.scan_id
+            WHERE t.status = 'completed' AND t.units_done > 0
+            GROUP BY t.stage
+            """,
+            low,
+            min(high, 2**31 - 1),
+            last_n,
+        )
+        found = {r["stage"]: r["seconds_per_unit"] for r in records}
+        return {stage: found[stage] for stage in STAGES if stage in found}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _Query:
+    """Collects WHERE clauses whose values become ``$n`` parameters, never SQL text."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+        self._clauses: list[str] = []
+
+    def bind(self, value: Any, cast: str | None = None) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}" + (f"::{cast}" if cast else "")
+
+    def where(self, template: str, *values: Any) -> None:
+        """Add ``template`` with each ``{}`` replaced by the placeholder of the next value."""
+        self._clauses.append(template.format(*(self.bind(v) for v in values)))
+
+    def add(self, clause: str) -> None:
+        """Add a clause already holding placeholders from ``bind``."""
+        self._clauses.append(clause)
+
+    def sql_where(self) -> str:
+        return "WHERE " + " AND ".join(self._clauses) if self._clauses else ""
+
+
+def _snapshot(conn: asyncpg.Connection) -> Any:
+    # several reads that must agree with each other (a scan and its stages, a count and its page)
+    return conn.transaction(isolation="repeatable_read", readonly=True)
+
+
+async def _lock_scan(conn: asyncpg.Connection, uuid: UUID) -> str:
+    status = await conn.fetchval("SELECT status FROM scans WHERE id = $1 FOR UPDATE", uuid)
+    if status is None:
+        raise ScanNotFound(uuid)
+    return str(status)
+
+
+async def _lock_stage(
+    conn: asyncpg.Connection, uuid: UUID, stage: str, to: StageStatus
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "SELECT status, started_at, units_done, now() AS now FROM stage_timings"
+        " WHERE scan_id = $1 AND stage = $2 FOR UPDATE",
+        uuid,
+        stage,
+    )
+    if row is None:  # every scan gets all four stage rows when created
+        raise ScanNotFound(uuid)
+    if to not in STAGE_TRANSITIONS[row["status"]]:
+        raise IllegalTransition(f"stage {stage} of scan {uuid}", row["status"], to)
+    return row
+
+
+async def _copy(
+    conn: asyncpg.Connection, table: str, records: Iterable[tuple[Any, ...]], columns: Sequence[str]
+) -> None:
+    """Binary COPY that fails fast if the connection dies midway.
+
+    asyncpg's COPY waits for a full socket buffer to drain without watching for the
+    connection's loss, so a server that dies mid-COPY would hang it until the command
+    timeout; the termination listener turns that into an immediate ``DatabaseUnavailable``.
+    """
+    lost = asyncio.get_running_loop().create_future()
+
+    def on_lost(_: object) -> None:
+        if not lost.done():
+            lost.set_result(None)
+
+    conn.add_termination_listener(on_lost)
+    copy = asyncio.ensure_future(
+        conn.copy_records_to_table(table, records=records, columns=list(columns))
+    )
+    try:
+        await asyncio.wait((copy, lost), return_when=asyncio.FIRST_COMPLETED)
+        if not copy.done():
+            raise DatabaseUnavailable(f"copy into {table}: the connection was lost")
+        copy.result()
+    finally:
+        conn.remove_termination_listener(on_lost)
+        lost.cancel()
+        if not copy.done():
+            copy.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await copy
+
+
+async def _touch(conn: asyncpg.Connection, uuid: UUID) -> None:
+    await conn.execute("UPDATE scans SET updated_at = now() WHERE id = $1", uuid)
+
+
+async def _sync_stage_sizes(conn: asyncpg.Connection, uuid: UUID, size: int | None) -> None:
+    if size is not None:
+        await conn.execute(
+            "UPDATE stage_timings SET universe_size = $2 WHERE scan_id = $1", uuid, size
+        )
+
+
+def _read_id(value: object) -> UUID | None:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _write_id(value: object) -> UUID:
+    uuid = _read_id(value)
+    if uuid is None:
+        raise ScanNotFound(value)
+    return uuid
+
+
+def _check_stage(stage: object) -> None:
+    if stage not in STAGES:
+        raise InvalidInput("stage", f"must be one of {', '.join(STAGES)}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if not (_is_int(value) and 0 <= value < 2**31):  # type: ignore[operator]
+        raise InvalidInput(name, f"must be a whole number >= 0, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def _text(name: str, value: object) -> str:
+    # PostgreSQL text cannot hold NUL; say so instead of failing inside the server
+    if not isinstance(value, str) or "\x00" in value:
+        raise InvalidInput(name, "must be a string without NUL characters")
+    return value
+
+
+def _limit(value: object) -> int:
+    if not (_is_int(value) and 1 <= value <= MAX_PAGE_SIZE):  # type: ignore[operator]
+        raise InvalidInput("limit", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    return int(value)  # type: ignore[arg-type]
+
+
+def _aware(name: str, value: object) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidInput(name, "must be a timezone-aware datetime")
+    return value
+
+
+def _json_object(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidInput(name, "must be a mapping")
+    result = dict(value)
+    try:
+        orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as e:  # orjson.JSONEncodeError is a TypeError
+        raise InvalidInput(name, f"cannot be stored as JSON: {e}") from e
+    return result
+
+
+def _scan_fields(
+    error: object,
+    metrics: Mapping[str, Any] | None,
+    universe_size: object,
+    symbols_scanned: object,
+    symbols_failed: object,
+) -> tuple[str | None, dict[str, Any] | None, int | None, int | None, int | None]:
+    if error is not None:
+        _text("error", error)
+    metrics_dict = None if metrics is None else _json_object("metrics", metrics)
+    if metrics_dict is not None:
+        if symbols_scanned is None and _is_int(metrics_dict.get("symbols_scanned")):
+            symbols_scanned = metrics_dict["symbols_scanned"]
+        if symbols_failed is None and _is_int(metrics_dict.get("symbols_failed")):
+            symbols_failed = metrics_dict["symbols_failed"]
+    return (
+        error,
+        metrics_dict,
+        _count("universe_size", universe_size),
+        _count("symbols_scanned", symbols_scanned),
+        _count("symbols_failed", symbols_failed),
+    )
+
+
+def _row_keys(row: object) -> tuple[str, ...] | None:
+    """The key layout shared by a scan's rows, taken from its first row (if all are strings)."""
+    if not isinstance(row, Mapping):
+        return None
+    keys = tuple(row)
+    return keys if all(type(k) is str for k in keys) else None
+
+
+def _row_from(keys: Sequence[str], data: Any) -> dict[str, Any]:
+    # rows stored in the scan's layout come back as a list of values, the others as objects
+    return dict(zip(keys, data, strict=True)) if isinstance(data, list) else data
+
+
+def _result_records(
+    uuid: UUID, rows: Sequence[Mapping[str, Any]], keys: tuple[str, ...]
+) -> Iterator[tuple[Any, ...]]:
+    # A generator, so that checking rows overlaps with the server ingesting the ones already
+    # sent; an invalid row aborts the COPY and the transaction. The loop checks only what the
+    # typed columns need; the rest of each row goes to orjson as it is, as a list of values
+    # when its keys are the scan's layout (a third fewer bytes and cheaper for the server to
+    # check than an object), else as the object itself.
+    seen: set[str] = set()
+    pick_numbers = operator.itemgetter(*RESULT_NUMBER_FIELDS)
+    for index, row in enumerate(rows):
+        if type(row) is not dict:
+            if not isinstance(row, Mapping):
+                raise InvalidInput(f"rows[{index}]", "must be a mapping")
+            row = dict(row)
+        get = row.get
+        symbol = get("symbol")
+        if type(symbol) is not str or not symbol or "\x00" in symbol:
+            raise InvalidInput(f"rows[{index}].symbol", "must be a non-empty string")
+        if symbol in seen:
+            raise InvalidInput(f"rows[{index}].symbol", f"{symbol} appears more than once")
+        seen.add(symbol)
+        sector, signal = get("sector"), get("signal")
+        if sector is not None and (type(sector) is not str or "\x00" in sector):
+            raise InvalidInput(f"rows[{index}].sector", "must be a string or None")
+        if signal is not None and (type(signal) is not str or "\x00" in signal):
+            raise InvalidInput(f"rows[{index}].signal", "must be a string or None")
+        try:
+            numbers = pick_numbers(row)
+            total = sum(numbers)  # C calls: all present, all numbers, finite unless NaN/inf
+            fast = total - total == 0.0
+        except (KeyError, TypeError):  # missing, None (too little history) or a wrong type
+            fast = False
+        if not fast:
+            numbers = tuple(_typed_number(index, name, get(name)) for name in RESULT_NUMBER_FIELDS)
+        if tuple(row) == keys:
+            data: Any = list(row.values())
+        elif all(type(k) is str for k in row):
+            data = row
+        else:
+            raise InvalidInput(f"rows[{index}]", "keys must be strings (JSON object keys)")
+        yield (uuid, index + 1, symbol, sector, signal, *numbers, data)
+
+
+def _typed_number(index: int, name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise InvalidInput(f"rows[{index}].{name}", "must be a number or None")
+    number = float(value)
+    # JSON has no NaN or infinity (orjson writes null), so the typed column says None too
+    return number if math.isfinite(number) else None
+
+
+def _failure(index: int, item: Failure | Mapping[str, str]) -> Failure:
+    if isinstance(item, Failure):
+        symbol, reason = item.symbol, item.reason
+    elif isinstance(item, Mapping):
+        symbol, reason = item.get("symbol"), item.get("reason")
+    else:
+        raise InvalidInput(f"failures[{index}]", "must be a Failure or a mapping")
+    if not isinstance(symbol, str) or not isinstance(reason, str):
+        raise InvalidInput(f"failures[{index}]", "symbol and reason must be strings")
+    _text(f"failures[{index}].symbol", symbol)
+    _text(f"failures[{index}].reason", reason)
+    return Failure(symbol, reason)
+
+
+def _encode_cursor(payload: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: object) -> Any:
+    if not isinstance(cursor, str) or len(cursor) > 2000:
+        raise InvalidInput("cursor", "not a cursor returned by this API")
+    try:
+        return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput("cursor", "not a cursor returned by this API") from e
+
+
+def _decode_scan_cursor(cursor: object) -> tuple[datetime, UUID]:
+    payload = _decode_cursor(cursor)
+    try:
+        created_text, id_text = payload
+        created_at = datetime.fromisoformat(created_text)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, UUID(id_text)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput("cursor", "not a cursor returned by this API") from e
+
+
+def _decode_result_cursor(
+    cursor: object, sort: str, descending: bool, sql_type: str
+) -> tuple[Any, int]:
+    payload = _decode_cursor(cursor)
+    if not isinstance(payload, dict) or set(payload) != {"s", "d", "v", "r"}:
+        raise InvalidInput("cursor", "not a cursor returned by this API")
+    if payload["s"] != sort or payload["d"] is not descending:
+        raise InvalidInput("cursor", "was made for another sort order; start from the top")
+    value, rank = payload["v"], payload["r"]
+    if not _is_int(rank):
+        raise InvalidInput("cursor", "not a cursor returned by this API")
+    if value is not None:
+        ok = {
+            "text": isinstance(value, str),
+            "integer": _is_int(value),
+            "smallint": _is_int(value),
+            "double precision": _is_number(value),
+        }[sql_type]
+        if not ok:
+            raise InvalidInput("cursor", "not a cursor returned by this API")
+        if sql_type == "double precision":
+            value = float(value)
+    return value, rank
+
+
+def _pending_stages(scan_id: UUID) -> tuple[StageTiming, ...]:
+    return tuple(
+        StageTiming(scan_id, stage, "pending", None, None, None, None, None, None)
+        for stage in STAGES
+    )
+
+
+def _scan(record: asyncpg.Record, stages: tuple[StageTiming, ...] = ()) -> Scan:
+    return Scan(
+        id=record["id"],
+        status=record["status"],
+        config=record["config"],
+        created_at=record["created_at"],
+        updated_at=record["updated_at"],
+        started_at=record["started_at"],
+        finished_at=record["finished_at"],
+        universe_size=record["universe_size"],
+        symbols_scanned=record["symbols_scanned"],
+        symbols_failed=record["symbols_failed"],
+        result_count=record["result_count"],
+        error=record["error"],
+        metrics=record["metrics"],
+        owner=record["owner"],
+        stages=stages,
+    )
+
+
+def _stage(record: asyncpg.Record) -> StageTiming:
+    return StageTiming(
+        scan_id=record["scan_id"],
+        stage=record["stage"],
+        status=record["status"],
+        started_at=record["started_at"],
+        finished_at=record["finished_at"],
+        duration_s=record["duration_s"],
+        units_done=record["units_done"],
+        units_total=record["units_total"],
+        throughput=record["throughput"],
+    )
+
+
+def _stage_stat_rows(
+    records: Sequence[asyncpg.Record], by_bucket: bool, only: SizeBucket | None
+) -> list[StageStat]:
+    groups: dict[int | None, list[asyncpg.Record]] = {}
+    for record in records:
+        groups.setdefault(record["digits"], []).append(record)
+    rows: list[StageStat] = []
+    for digits in sorted(groups, key=lambda d: (d is None, d or 0)):
+        group = sorted(groups[digits], key=lambda r: STAGES.index(r["stage"]))
+        if by_bucket:
+            bucket = None if digits is None else SizeBucket.of(10 ** (digits - 1))
+        else:
+            bucket = only
+        group_total = sum(r["total_s"] for r in group)
+        top = max(group, key=lambda r: r["total_s"])
+        for r in group:
+            p50, p90, p99 = r["pcts"]
+            rows.append(
+                StageStat(
+                    stage=r["stage"],
+                    bucket=bucket,
+                    count=r["n"],
+                    mean_s=r["mean_s"],
+                    p50_s=p50,
+                    p90_s=p90,
+                    p99_s=p99,
+                    total_s=r["total_s"],
+                    symbols_per_s=r["units"] / r["unit_s"] if r["unit_s"] else None,
+                    share=r["total_s"] / group_total if group_total > 0 else 0.0,
+                    dominant=r is top,
+                )
+            )
+    return rows

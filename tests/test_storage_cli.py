@@ -1,0 +1,185 @@
+"""``technic migrate`` and ``technic history`` end to end, through their argparse wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from server.cli_storage import add_storage_commands, parse_since
+from storage import STAGES, connect_url
+from storage.migrate import MIGRATIONS_DIR
+
+CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="technic")
+    add_storage_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("TECHNIC_DATA_DIR", str(tmp_path / "data"))
+    return monkeypatch
+
+
+@pytest.fixture
+async def history_url(database_url: str) -> str:
+    """A migrated database holding two finished scans of different sizes."""
+    database = await connect_url(database_url, migrate=False)
+    try:
+        repo = database.repository
+        for size, scale in ((300, 1.0), (3000, 10.0)):
+            scan = await repo.create_scan(uuid4(), {}, universe_size=size)
+            await repo.transition(scan.id, "running")
+            for stage, seconds in zip(STAGES, (0.1, 1.0, 4.0, 0.2), strict=True):
+                await repo.start_stage(scan.id, stage)
+                await repo.finish_stage(scan.id, stage, units_done=size, duration_s=seconds * scale)
+            await repo.transition(scan.id, "completed")
+    finally:
+        await database.close()
+    return database_url
+
+
+def test_parse_since() -> None:
+    assert parse_since("30m") == timedelta(minutes=30)
+    assert parse_since("12h") == timedelta(hours=12)
+    assert parse_since("7d") == timedelta(days=7)
+    assert parse_since(" 2w ") == timedelta(weeks=2)
+    for bad in ("7", "d", "0d", "-1d", "7x", "7 days", "1.5d", "", "7d; DROP TABLE scans"):
+        with pytest.raises(ValueError, match="--since"):
+            parse_since(bad)
+
+
+def test_history_table(
+    env: pytest.MonkeyPatch, history_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", history_url)
+    assert run(["history", "--since", "1d"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("Stage timings, ")
+    assert lines[1].split() == [
+        "stage", "count", "mean_s", "p50_s", "p90_s", "p99_s", "symbols/s", "share",
+    ]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[3 : 3 + len(STAGES)]}
+    assert set(rows) == set(STAGES)
+    scanning = rows["symbol_scanning"]
+    assert scanning[1:] == ["*", "2", "22.000", "22.000", "36.400", "39.640", "75.0", "75%"]
+    assert lines[-1].endswith("overall: symbol_scanning")
+
+
+def test_history_json_and_buckets(
+    env: pytest.MonkeyPatch, history_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", history_url)
+    assert run(["history", "--format", "json", "--universe-size-bucket", "all"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["by_bucket"] is True and report["dominant_stage"] == "symbol_scanning"
+    assert [(s["bucket"], s["stage"]) for s in report["stages"]] == [
+        *(("100-999", stage) for stage in STAGES),
+        *(("1000-9999", stage) for stage in STAGES),
+    ]
+    fetch = report["stages"][1]
+    assert fetch["count"] == 1 and fetch["mean_s"] == 1.0 and fetch["symbols_per_s"] == 300.0
+    assert datetime.fromisoformat(report["until"]) - datetime.fromisoformat(
+        report["since"]
+    ) == timedelta(days=7)
+
+    assert run(["history", "--format", "json", "--universe-size-bucket", "2500"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bucket"] == "1000-9999" and report["by_bucket"] is False
+    assert [s["count"] for s in report["stages"]] == [1, 1, 1, 1]
+    assert report["stages"][2]["mean_s"] == 40.0
+
+    assert run(["history", "--universe-size-bucket", "1000-9999"]) == 0
+    out = capsys.readouterr().out
+    assert "universe size 1000-9999" in out.splitlines()[0]
+    assert datetime.now(UTC).strftime("%Y-%m-%d") in out.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["history", "--since", "7x"], "--since must look like"),
+        (["history", "--since", "' OR 1=1 --"], "--since must look like"),
+        (["history", "--universe-size-bucket", "1000-5000"], "--universe-size-bucket"),
+        (["history", "--since", "99999999w"], "--since"),
+    ],
+)
+def test_history_bad_arguments(
+    env: pytest.MonkeyPatch, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", CLOSED_PORT_URL)  # never reached: arguments are checked first
+    assert run(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    assert message in captured.err
+
+
+@pytest.mark.parametrize("command", ["migrate", "history"])
+def test_database_down(
+    env: pytest.MonkeyPatch, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", CLOSED_PORT_URL)
+    assert run([command]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"technic {command}: ")
+    assert "database unavailable" in captured.err and len(captured.err.splitlines()) == 1
+
+
+def test_bad_settings(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    env.setenv("DATABASE_URL", "mysql://nope")
+    assert run(["migrate"]) == 2
+    assert run(["history"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("DATABASE_URL" in line for line in err)
+
+
+def test_migrate_reports(
+    env: pytest.MonkeyPatch,
+    empty_database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env.setenv("DATABASE_URL", empty_database_url)
+    assert run(["migrate"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "applied 0001_initial.sql"
+    assert out[-1].startswith("1 migration applied in ")
+    assert run(["migrate"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "nothing to apply; schema is up to date (1 migration applied earlier)"
+    )
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "0001_initial.sql").write_text((MIGRATIONS_DIR / "0001_initial.sql").read_text())
+    (broken / "0002_oops.sql").write_text("ALTER TABLE scans\n  ADD COLUMN x nosuchtype;\n")
+    assert run(["migrate", "--migrations-dir", str(broken)]) == 1
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 1
+    assert "migration failed: 0002_oops.sql line 2" in captured.err
+    assert 'type "nosuchtype" does not exist' in captured.err
+
+
+@pytest.mark.embedded
+def test_fresh_clone_without_database_url(
+    env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["migrate"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"database: embedded PostgreSQL in {(tmp_path / 'data' / 'postgres')}"
+    assert "applied 0001_initial.sql" in out
+    assert run(["history"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "no completed stages in this window"
+    assert run(["migrate"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("nothing to apply")
