@@ -89,6 +89,7 @@ def scan_summary(scan: Scan) -> dict[str, Any]:
         "symbols_failed": scan.symbols_failed,
         "result_count": scan.result_count,
         "error": scan.error,
+        "stage_timings": (scan.metrics or {}).get("stage_timings"),
         "config": scan.config,
     }
 

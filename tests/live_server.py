@@ -70,12 +70,14 @@ class Server:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"technic serve exited with {self.process.returncode}:\n{self.log()}")
+                self._kill_group()
+                pytest.fail(f"technic serve exited:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/static/favicon.svg", timeout=1):
                     return
             except OSError:
                 time.sleep(0.1)
+        self.kill()
         pytest.fail(f"technic serve did not answer within 60 s:\n{self.log()}")
 
     def stop(self) -> None:
@@ -147,7 +149,8 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 
 def server_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TECHNIC_API_TOKEN", "PORT", "HOST")}
+    drop = ("TECHNIC_API_TOKEN", "PORT", "HOST", "PYTHONTRACEMALLOC")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
         DATABASE_URL=database_url,
         TECHNIC_DATA_DIR=str(data_dir),
@@ -180,8 +183,8 @@ def running_server(
     with fresh_database(pg_server_url) as database_url:
         service = Server(server_env(database_url, data_dir, **env), OUTPUT / log_name)
         service.log_path.write_bytes(b"")
-        service.start()
         try:
+            service.start()
             yield service
         finally:
             service.stop()

@@ -43,15 +43,31 @@ def technic(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[
     )
 
 
+SPAWNED: list[subprocess.Popen[str]] = []
+
+
 def spawn(*args: str) -> subprocess.Popen[str]:
+    """A ``technic`` running in the background; killed after the test if it is still there."""
     env = {k: v for k, v in os.environ.items() if k not in ("TECHNIC_API_TOKEN", "TECHNIC_SERVER")}
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [str(TECHNIC), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+    SPAWNED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Iterator[None]:
+    yield
+    while SPAWNED:
+        process = SPAWNED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def status_of(server: Server, scan_id: str) -> str:
@@ -172,7 +188,11 @@ def test_watch_redraws_in_place_on_a_terminal(server: Server) -> None:
                 cancelled = True
     finally:
         os.close(controller)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     assert process.returncode == 130
     text = output.decode(errors="replace")
     assert "\x1b[2K" in text and "\x1b[6F" in text  # lines are cleared and redrawn in place
