@@ -28,6 +28,7 @@ from server.remote import add_scan_server_options, add_watch_command
 from server.terminal_view import LiveView
 from server.views import results_csv
 from server.workers import worker_pool
+from storage import StorageError
 
 log = logging.getLogger("technic")
 
@@ -231,21 +232,26 @@ def _serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # imported here so that a local `technic scan` does not load the web stack
     import uvloop
     from aiohttp import web
 
     from server.app import create_app
 
     uvloop.install()
-    log.info("technic %s serving on http://%s:%s", settings.host, settings.host, settings.port)
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=15.0,
-        access_log=None,
-    )
+    log.info("technic starting on http://%s:%s", settings.host, settings.port)
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            shutdown_timeout=15.0,
+            access_log=None,
+        )
+    except (StorageError, OSError) as error:
+        print(f"technic serve: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
