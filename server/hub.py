@@ -163,6 +163,7 @@ class _Topic:
     sweep_next: int = 0
     sweep_index: int = 0
     swept: asyncio.Event | None = None  # set when the sweep in progress ends
+    wake_after_sweep: list[Subscription] = field(default_factory=list)
 
 
 class Subscription:
@@ -336,7 +337,10 @@ class Subscription:
             if taken:
                 self._last_seq = message.seq
                 if message.terminal:
-                    self._end("terminal")
+                    # The consumer only has to wind down (close its socket): wake it when
+                    # the sweep is over, so that work does not slow the rest of the sweep.
+                    self._end("terminal", wake=False)
+                    self._topic.wake_after_sweep.append(self)
                 return True
         self._pending = message
         waiter = self._waiter
@@ -344,12 +348,16 @@ class Subscription:
             waiter.set_result(True)
         return False
 
-    def _end(self, reason: EndReason, *, drop_pending: bool = False) -> None:
+    def _end(self, reason: EndReason, *, drop_pending: bool = False, wake: bool = True) -> None:
         if drop_pending:
             self._pending = None
         if self.end_reason is None:
             self.end_reason = reason
             self._hub._detach(self._topic, self)
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
@@ -471,6 +479,10 @@ class Hub:
                 if state.swept is not None:
                     state.swept.set()
                     state.swept = None
+                if state.wake_after_sweep:
+                    for subscription in state.wake_after_sweep:
+                        subscription._wake()
+                    state.wake_after_sweep.clear()
         self._sweep_seconds += time.perf_counter() - started
         if state.sweeping and loop is not None:
             loop.call_soon(self._sweep, state, loop)

@@ -121,7 +121,7 @@ def parse_resume_seq(value: str | None) -> int | None:
 class _WebSocketWatcher:
     """One WebSocket watcher: the sweep's direct writer and the watcher's own pump."""
 
-    __slots__ = ("closing", "stats", "subscription", "transport", "writer", "ws")
+    __slots__ = ("stats", "subscription", "transport", "writer", "ws")
 
     def __init__(
         self,
@@ -135,7 +135,6 @@ class _WebSocketWatcher:
         self.transport = transport
         self.stats = stats
         self.subscription: Subscription | None = None
-        self.closing = False
 
     def offer(self, message: Message) -> bool:
         """Write the shared frame now if the transport keeps up; called by the hub's sweep.
@@ -159,8 +158,8 @@ class _WebSocketWatcher:
         stats.ws_direct_writes += 1
         return True
 
-    async def pump(self, close_timeout_s: float) -> None:
-        """Send what the sweep could not, then close the socket when the topic ends."""
+    async def pump(self) -> tuple[WSCloseCode, bytes] | None:
+        """Send what the sweep could not; the close to send when the topic ends, or None."""
         ws, subscription, stats = self.ws, self.subscription, self.stats
         assert subscription is not None
         try:
@@ -168,27 +167,26 @@ class _WebSocketWatcher:
                 await self.writer.drain()  # returns at once unless the transport is paused
                 message = subscription.refresh(message)  # newer while we waited?
                 if ws.closed:
-                    break  # closing: no data frame may follow the close frame
+                    return None  # closing: no data frame may follow the close frame
                 await ws.send_frame(message.data, WSMsgType.TEXT)
                 stats.ws_messages_sent += 1
         except ConnectionError:
-            return  # the client went away; the receive loop sees it too
+            return None  # the client went away; the receive loop sees it too
         reason = subscription.end_reason
         if reason == "unsubscribed" or ws.closed:
-            return
-        if reason == "terminal":
-            # Everyone gets the final state first; then the (costlier) closing handshakes.
-            await subscription.settled()
+            return None
         if reason == "shutdown":
-            code, text = WSCloseCode.GOING_AWAY, b"server shutting down"
-        else:
-            code, text = WSCloseCode.OK, b""
-        self.closing = True
-        try:
-            async with asyncio.timeout(close_timeout_s):
-                await ws.close(code=code, message=text)
-        except TimeoutError:
-            _abort(self.transport)  # a client that reads nothing cannot take a close frame
+            return WSCloseCode.GOING_AWAY, b"server shutting down"
+        if reason == "terminal":
+            # Everyone gets the final state first; then the costlier closing handshakes.
+            await subscription.settled()
+        return WSCloseCode.OK, b""
+
+
+async def _receive_until_closed(ws: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the client sends, so pings, pongs and its close are handled."""
+    async for _ in ws:
+        pass
 
 
 async def websocket_stream(
@@ -220,27 +218,42 @@ async def websocket_stream(
         timeout=close_timeout_s,
     )
     writer = await ws.prepare(request)
-    _limit_backlog(request.transport, send_buffer_bytes)
-    watcher = _WebSocketWatcher(ws, writer, request.transport, stats)
+    transport = request.transport
+    _limit_backlog(transport, send_buffer_bytes)
+    watcher = _WebSocketWatcher(ws, writer, transport, stats)
     subscription = hub.subscribe(topic, since, sink=watcher.offer if direct_write else None)
     watcher.subscription = subscription
     stats.open_websockets += 1
     stats.websockets_opened += 1
-    pump = asyncio.create_task(watcher.pump(close_timeout_s))
+    pump = asyncio.create_task(watcher.pump())
+    reader = asyncio.create_task(_receive_until_closed(ws))
     try:
-        async for _ in ws:
-            pass  # client messages are ignored; reading keeps ping/pong/close working
+        await asyncio.wait((pump, reader), return_when=asyncio.FIRST_COMPLETED)
+        if pump.done() and not pump.cancelled() and not pump.exception() and not ws.closed:
+            close = pump.result()
+            if close is not None:
+                # Stop reading first: aiohttp's close() then waits for the client's close
+                # frame before it closes the socket (closing while another task reads would
+                # drop the connection at once, and the client could not answer its close).
+                reader.cancel()
+                await asyncio.wait([reader])
+                try:
+                    async with asyncio.timeout(close_timeout_s):
+                        await ws.close(code=close[0], message=close[1])
+                except TimeoutError:
+                    _abort(transport)  # a client that reads nothing cannot take a close frame
     finally:
         subscription.close()
-        if not watcher.closing:
-            pump.cancel()  # the client left: stop waiting for it to drain
-        await asyncio.wait([pump])
+        pump.cancel()
+        reader.cancel()
+        await asyncio.wait((pump, reader))
         if not pump.cancelled() and (error := pump.exception()) is not None:
             log.error("websocket pump for %s failed", topic, exc_info=error)
         stats.open_websockets -= 1
-        transport = request.transport
         if transport is not None and transport.is_closing() and transport.get_write_buffer_size():
-            _abort(transport)  # closed, but the peer will never read what is left
+            # Closed with bytes left (e.g. the close frame) for a slow reader: they may still
+            # arrive; a peer that reads nothing at all must not hold the socket for ever.
+            asyncio.get_running_loop().call_later(close_timeout_s, _abort, transport)
     return ws
 
 

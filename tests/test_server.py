@@ -308,7 +308,8 @@ async def test_stalled_watcher_does_not_hold_back_others(service: Service) -> No
                 received.append(orjson.loads(message.data))
         assert received[-1]["status"] == "completed"
     finally:
-        await stalled.close()
+        with contextlib.suppress(aiohttp.ClientError):
+            await stalled.close()
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -643,6 +644,7 @@ async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_pat
                 break
             await asyncio.sleep(0.2)
         assert health["status"] == "ok"
+    await proxy.cut()
     from storage import connect_url
 
     database = await connect_url(database_url, migrate=False)

@@ -84,6 +84,22 @@ def rss_bytes(field: str = "VmRSS") -> int:
 # -- server process ----------------------------------------------------------------------
 
 
+def where_tasks_wait(limit: int = 5) -> dict[str, int]:
+    """Diagnostics: how many tasks wait at which chain of coroutines (top ``limit`` chains)."""
+    chains: dict[str, int] = {}
+    for task in asyncio.all_tasks():
+        names, awaited = [], task.get_coro()
+        for _ in range(20):
+            code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+            if code is None:
+                break
+            names.append(code.co_qualname)
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        key = " > ".join(names) + (f" > {type(awaited).__name__}" if awaited is not None else "")
+        chains[key] = chains.get(key, 0) + 1
+    return dict(sorted(chains.items(), key=lambda item: -item[1])[:limit])
+
+
 def simulate_scan(publish: Any, rate_hz: float, duration_s: float, stop: threading.Event) -> None:
     """A scan whose stages take their weight's share of ``duration_s``, one unit per tick."""
     from engine.progress import SCAN_STAGES, MultiStageProgressTracker
@@ -186,7 +202,14 @@ async def run_server(args: argparse.Namespace) -> None:
         info["sweep_seconds"] = hub_stats.sweep_seconds
         info["ws_messages_sent"] = stats.ws_messages_sent
         info["ws_direct_writes"] = stats.ws_direct_writes
+        for _ in range(100):  # the last closing handshakes may still be finishing
+            if not stats.open_websockets:
+                break
+            await asyncio.sleep(0.1)
         info["open_websockets"] = stats.open_websockets
+        if stats.open_websockets:
+            info["stuck_tasks"] = where_tasks_wait()
+        info["subscribers"] = hub_stats.subscribers
         return web.json_response(info)
 
     async def stop(request: web.Request) -> web.Response:
@@ -470,6 +493,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
         "publish_s": publish_s,
         "got_terminal": got_terminal,
         "closed_1000": closed_1000,
+        "close_codes": {str(code): close_codes.count(code) for code in set(close_codes)},
         "complete": complete,
         "terminal_spread_s": last_terminal_at - server.get("publish_end", 0.0),
         "client_cpu_s": client_cpu_s,
@@ -580,6 +604,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     )
     for row in rows:
         server = row["server"]
+        stuck = f", waiting at {server['stuck_tasks']}" if server.get("stuck_tasks") else ""
         print(
             f"  N={row['watchers']}: published {row['published']} in {row['publish_s']:.1f} s, "
             f"server sent {server['ws_messages_sent']} frames ({server['ws_direct_writes']} by "
@@ -591,7 +616,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{server['rss_peak'] / 2**20:.0f} MiB, connect failures {row['connect_failures']}; "
             f"terminal frame received by {row['got_terminal']} (the last "
             f"{row['terminal_spread_s']:.2f} s after its publish), 1000 close by "
-            f"{row['closed_1000']}; "
+            f"{row['closed_1000']} (close codes {row['close_codes']}; still open on the server "
+            f"when the client finished: {server['open_websockets']}{stuck}); "
             f"machine busy {row['machine_cpu_s'] / row['wall_s']:.2f} of {os.cpu_count()} CPUs, of "
             f"which other processes (not this bench) "
             f"{others_cpu(row) / row['wall_s']:.2f}"
