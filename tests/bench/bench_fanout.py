@@ -1,7 +1,8 @@
 """Fan-out benchmark: N WebSocket watchers of one scan, server and clients in two processes.
 
 Run:  .venv/bin/python tests/bench/bench_fanout.py [--watchers 1000 5000 10000]
-      [--rate-hz 10] [--duration-s 12] [--mode direct|public]
+      [--rate-hz 10] [--duration-s 12] [--mode direct|public] [--client aiohttp|raw]
+      [--client-rcvbuf BYTES] [--gc-freeze] [--quiet-wait-s S --quiet-cpus C]
 
 For each N the script starts a server process (aiohttp on uvloop, ``Hub`` and
 ``websocket_stream`` as the service uses them, on 127.0.0.1) and a client process that
@@ -14,10 +15,18 @@ snapshot. Every client records ``receive time - published_at`` for every frame.
 Printed per N: delivery lag p50 / p99 / max, frames delivered per second, the share of
 (watcher, snapshot) pairs delivered (the rest were conflated for watchers that fell behind),
 server CPU seconds during the scan, server RSS per connection, and whether every watcher
-received the terminal state and a 1000 close.
+received the terminal state and a 1000 close; below the table, the age of the snapshot
+when the server wrote it (the server's share of the lag), sweep passes, garbage-collector
+pauses, and how busy the machine was with other processes during the run.
 
 ``--mode public`` sends every frame through aiohttp's public ``send_frame`` from each
 watcher's task (``direct_write=False``), for comparison with the default direct sweep.
+``--client raw`` replaces aiohttp's client by a bare asyncio protocol (no task or queue per
+message): on two CPUs the aiohttp clients saturate their CPU before the server does, and
+their lag is then their own queue. ``--gc-freeze`` calls ``gc.freeze()`` in the server once
+all watchers are connected (a full collection over 10,000 connections' objects pauses the
+loop for about a second here). ``--quiet-wait-s`` waits, bounded, for other processes on a
+shared machine to go quiet before each run.
 
 Every loop is bounded in count and time; the processes stop by themselves. Only loopback.
 """
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import os
 import resource
@@ -131,6 +141,18 @@ async def run_server(args: argparse.Namespace) -> None:
 
     nofile = raise_nofile_limit()
     loop = asyncio.get_running_loop()
+    gc_pauses: list[float] = []  # collections while the scan runs (until its terminal state)
+    gc_started = [0.0]
+
+    def on_gc(phase: str, details: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        elif "publish_start" in info and "publish_end" not in info:
+            gc_pauses.append(time.perf_counter() - gc_started[0])
+            if details["generation"] == 2:
+                info["gc_full_runs"] = info.get("gc_full_runs", 0) + 1
+
+    gc.callbacks.append(on_gc)
     hub = Hub()
     stats = StreamStats()
     send_ages = array("d")
@@ -168,6 +190,8 @@ async def run_server(args: argparse.Namespace) -> None:
 
     async def start(request: web.Request) -> web.Response:
         if not threads:
+            if args.gc_freeze:
+                gc.freeze()  # the connections' objects leave the collector's working set
             info["watchers_connected"] = stats.open_websockets
             info["rss_connected"] = rss_bytes()
             info["cpu_start"] = cpu_seconds()
@@ -198,6 +222,8 @@ async def run_server(args: argparse.Namespace) -> None:
             ordered = sorted(send_ages)
             info["send_age_p50_ms"] = 1e3 * ordered[len(ordered) // 2]
             info["send_age_p99_ms"] = 1e3 * ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)]
+        info["gc_runs"] = len(gc_pauses)
+        info["gc_max_ms"] = 1e3 * max(gc_pauses, default=0.0)
         info["sweeps"] = hub_stats.sweeps
         info["sweep_seconds"] = hub_stats.sweep_seconds
         info["ws_messages_sent"] = stats.ws_messages_sent
@@ -537,7 +563,7 @@ def run_one(args: argparse.Namespace, watchers: int) -> dict[str, Any]:
     script = str(Path(__file__).resolve())
     common = [
         "--rate-hz", str(args.rate_hz), "--duration-s", str(args.duration_s),
-        "--mode", args.mode,
+        "--mode", args.mode, *(["--gc-freeze"] if args.gc_freeze else []),
     ]  # fmt: skip
     budget_s = args.ramp_timeout_s + args.duration_s + 120
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -572,7 +598,8 @@ def run_one(args: argparse.Namespace, watchers: int) -> dict[str, Any]:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
         f"\nfan-out: one topic, {args.rate_hz:g} snapshots/s for {args.duration_s:g} s, "
-        f"mode={args.mode}, client={args.client}, client SO_RCVBUF="
+        f"mode={args.mode}{', gc.freeze()' if args.gc_freeze else ''}, client={args.client}, "
+        f"client SO_RCVBUF="
         f"{args.client_rcvbuf or 'default'}, {os.cpu_count()} CPUs shared by server and clients, "
         "loopback\n"
     )
@@ -610,7 +637,9 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"server sent {server['ws_messages_sent']} frames ({server['ws_direct_writes']} by "
             f"the sweep), conflated {server['conflated']}, {server['sweeps']} sweep passes "
             f"of {1e3 * server['sweep_seconds'] / max(server['sweeps'], 1):.0f} ms CPU on "
-            f"average, snapshot age when the server wrote it p50 "
+            f"average, {server['gc_runs']} GC runs during the scan ("
+            f"{server.get('gc_full_runs', 0)} full; longest {server['gc_max_ms']:.0f} ms), "
+            f"snapshot age when the server wrote it p50 "
             f"{server.get('send_age_p50_ms', float('nan')):.0f} ms p99 "
             f"{server.get('send_age_p99_ms', float('nan')):.0f} ms, server RSS peak "
             f"{server['rss_peak'] / 2**20:.0f} MiB, connect failures {row['connect_failures']}; "
@@ -638,6 +667,9 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=12.0)
     parser.add_argument("--mode", choices=["direct", "public"], default="direct")
     parser.add_argument("--client", choices=["aiohttp", "raw"], default="aiohttp")
+    parser.add_argument(
+        "--gc-freeze", action="store_true", help="server: gc.freeze() once all are connected"
+    )
     parser.add_argument(
         "--client-rcvbuf", type=int, default=0, help="SO_RCVBUF of client sockets (0: OS default)"
     )
