@@ -11,7 +11,12 @@ WebSocket (``GET /scan/ws/{id}?since=seq``)
     closes with 1000; on hub shutdown with 1001 "server shutting down". permessage-deflate
     is off: the messages are small, and compressing would make every frame different per
     watcher. A receive loop runs all along, so pings, pongs and the client's close are
-    handled; what the client sends is ignored.
+    handled; what the client sends is ignored. To close, the server stops that loop first:
+    aiohttp's ``close()`` then waits for the client's close frame before closing the
+    socket, whereas closing while another task is reading makes it drop the connection
+    at once, and a client that had not answered yet sees 1006 instead of 1000 (seen in
+    ``tests/bench/bench_fanout.py`` with thousands of watchers). After the terminal
+    snapshot the closing handshakes wait until the sweep has reached every watcher.
 
     Fan-out: server frames are not masked, so the hub encodes each message's frame once
     and the publish sweep writes those same bytes to every watcher's transport, with no
@@ -19,7 +24,9 @@ WebSocket (``GET /scan/ws/{id}?since=seq``)
     the transport has nothing buffered, i.e. the kernel took everything so far; otherwise
     the message waits in the watcher's one-slot mailbox and the watcher's own task waits
     for the transport to drain and then sends the newest message through aiohttp's
-    public ``send_frame``.
+    public ``send_frame``. Measured with 1,000 watchers: about 19 us of server CPU per
+    frame this way against 31 us through ``send_frame`` from each watcher's task, of
+    which about 16 us is the kernel's loopback send on the 2-CPU test machine.
 
 Backlog (both handlers). Staleness hides in buffers, so both are kept small. The
 transport pauses as soon as anything is left in it (write-buffer high-water mark 0), so a
