@@ -1,5 +1,5 @@
 """Settings read from the environment, validated once at start."""
 
-from config.settings import Settings, SettingsError
+from technic.config.settings import Settings, SettingsError
 
 __all__ = ["Settings", "SettingsError"]

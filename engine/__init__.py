@@ -4,10 +4,10 @@ Nothing here knows about asyncio, HTTP or SQL; ``run_scan`` can be called from a
 the CLI, a test or the server alike.
 """
 
-from engine.errors import DataError, InvalidConfig, ScanCancelled, TechnicError
-from engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
-from engine.scan import ROW_FIELDS, ScanResult, run_scan
-from engine.scan_config import ScanConfig
+from technic.engine.errors import DataError, InvalidConfig, ScanCancelled, TechnicError
+from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
+from technic.engine.scan import ROW_FIELDS, ScanResult, run_scan
+from technic.engine.scan_config import ScanConfig
 
 __all__ = [
     "ROW_FIELDS",

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from engine.block import PRICE_FIELDS, PriceBlock
+from technic.engine.block import PRICE_FIELDS, PriceBlock
 
 _META = "meta.json"
 

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from engine import indicators, rating
-from engine.block import PRICE_FIELDS
-from engine.cache import read_block
-from engine.cleaning import clean
+from technic.engine import indicators, rating
+from technic.engine.block import PRICE_FIELDS
+from technic.engine.cache import read_block
+from technic.engine.cleaning import clean
 
 NUMERIC_FIELDS: tuple[str, ...] = (
     "close",

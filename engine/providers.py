@@ -18,12 +18,11 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-
-from engine import sample
-from engine.block import PRICE_FIELDS, PriceBlock, Universe
-from engine.errors import DataError
-from engine.scan_config import ScanConfig
-from engine.universe import read_universe_file, synthetic_universe
+from technic.engine import sample
+from technic.engine.block import PRICE_FIELDS, PriceBlock, Universe
+from technic.engine.errors import DataError
+from technic.engine.scan_config import ScanConfig
+from technic.engine.universe import read_universe_file, synthetic_universe
 
 OnFetched = Callable[[int], None]
 FETCH_BATCH = 256

@@ -15,9 +15,8 @@ import lzma
 from pathlib import Path
 
 import numpy as np
-
-from engine.block import PRICE_FIELDS, PriceBlock, Universe
-from engine.universe import read_universe_file
+from technic.engine.block import PRICE_FIELDS, PriceBlock, Universe
+from technic.engine.universe import read_universe_file
 
 SAMPLE_PATH = Path(__file__).parent / "data" / "sp500.npz.xz"
 UNIVERSE_PATH = Path(__file__).parent / "data" / "sp500_constituents.csv"

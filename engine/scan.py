@@ -29,16 +29,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
-
-from engine.block import Universe
-from engine.cache import BlockCache, cache_key, read_block
-from engine.chunk import NUMERIC_FIELDS, ChunkJob, ChunkResult, scan_chunk
-from engine.errors import InvalidConfig, ScanCancelled, WorkerDied
-from engine.progress import MultiStageProgressTracker, Snapshot
-from engine.providers import Provider, provider_for
-from engine.rating import signal
-from engine.scan_config import ScanConfig
-from engine.universe import select
+from technic.engine.block import Universe
+from technic.engine.cache import BlockCache, cache_key, read_block
+from technic.engine.chunk import NUMERIC_FIELDS, ChunkJob, ChunkResult, scan_chunk
+from technic.engine.errors import InvalidConfig, ScanCancelled, WorkerDied
+from technic.engine.progress import MultiStageProgressTracker, Snapshot
+from technic.engine.providers import Provider, provider_for
+from technic.engine.rating import signal
+from technic.engine.scan_config import ScanConfig
+from technic.engine.universe import select
 
 log = logging.getLogger(__name__)
 

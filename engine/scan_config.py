@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from engine.errors import InvalidConfig
+from technic.engine.errors import InvalidConfig
 
 Provider = Literal["sample", "synthetic", "csv"]
 TradeStyle = Literal["day", "swing", "position"]

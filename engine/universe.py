@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from engine.block import Universe
-from engine.errors import DataError, InvalidConfig
+from technic.engine.block import Universe
+from technic.engine.errors import DataError, InvalidConfig
 
 GICS_SECTORS: tuple[str, ...] = (
     "Communication Services",

@@ -23,33 +23,32 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
-
-from config import Settings
-from engine.errors import DataError, InvalidConfig
-from engine.progress import TERMINAL_STATUSES
-from engine.providers import provider_for
-from engine.universe import select
-from server import streams, universe_routes
-from server.hub import Hub
-from server.jobs import Job, JobManager, NotAccepting, QueueFull
-from server.metrics import Metrics, render_metrics
-from server.persist import Persister
-from server.requests import (
+from technic.config import Settings
+from technic.engine.errors import DataError, InvalidConfig
+from technic.engine.progress import TERMINAL_STATUSES
+from technic.engine.providers import provider_for
+from technic.engine.universe import select
+from technic.engine.workers import WorkerPool
+from technic.server import streams, universe_routes
+from technic.server.hub import Hub
+from technic.server.jobs import Job, JobManager, NotAccepting, QueueFull
+from technic.server.metrics import Metrics, render_metrics
+from technic.server.persist import Persister
+from technic.server.requests import (
     RequestError,
     parse_int,
     parse_seq,
     parse_since,
     parse_start,
 )
-from server.views import (
+from technic.server.views import (
     performance_metrics,
     progress_from_record,
     results_csv,
     scan_summary,
     stats_json,
 )
-from server.workers import WorkerPool
-from storage import (
+from technic.storage import (
     RESULT_SORTS,
     Database,
     DatabaseUnavailable,

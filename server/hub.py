@@ -54,8 +54,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import orjson
-
-from engine.progress import TERMINAL_STATUSES
+from technic.engine.progress import TERMINAL_STATUSES
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
-from engine.progress import TERMINAL_STATUSES, Snapshot
-from server.hub import Hub
-from server.persist import Persister
-from server.workers import WorkerPool
-from storage import Repository, StorageError
+from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
+from technic.engine.progress import TERMINAL_STATUSES, Snapshot
+from technic.engine.workers import WorkerPool
+from technic.server.hub import Hub
+from technic.server.persist import Persister
+from technic.storage import Repository, StorageError
 
 log = logging.getLogger(__name__)
 

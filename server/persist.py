@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from storage import DatabaseUnavailable, IllegalTransition, StorageError
+from technic.storage import DatabaseUnavailable, IllegalTransition, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from engine.errors import InvalidConfig
-from engine.scan_config import ScanConfig
+from technic.engine.errors import InvalidConfig
+from technic.engine.scan_config import ScanConfig
 
 API_PROVIDERS = ("sample", "synthetic")
 START_FIELDS = (

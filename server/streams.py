@@ -73,8 +73,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
-
-from server.hub import Hub, Message, Subscription
+from technic.server.hub import Hub, Message, Subscription
 
 log = logging.getLogger(__name__)
 

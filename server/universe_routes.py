@@ -14,11 +14,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-
-from engine.errors import DataError
-from engine.providers import provider_for
-from engine.scan_config import ScanConfig
-from server.requests import API_PROVIDERS, RequestError
+from technic.engine.errors import DataError
+from technic.engine.providers import provider_for
+from technic.engine.scan_config import ScanConfig
+from technic.server.requests import API_PROVIDERS, RequestError
 
 # A synthetic universe of n symbols spreads them round-robin over 11 sectors and 3
 # industries per sector; 33 symbols are enough to name every one of them.

@@ -10,9 +10,9 @@ import csv
 import io
 from typing import Any
 
-from engine.progress import SCAN_STAGES, format_eta
-from engine.scan import ROW_FIELDS
-from storage import Scan, SizeBucket, StageStats
+from technic.engine.progress import SCAN_STAGES, format_eta
+from technic.engine.scan import ROW_FIELDS
+from technic.storage import Scan, SizeBucket, StageStats
 
 PERFORMANCE_KEYS = (
     "total_seconds",

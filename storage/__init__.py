@@ -11,9 +11,9 @@ Typical use from the server::
 Errors are listed in ``storage.errors``; everything raised on purpose is a ``StorageError``.
 """
 
-from storage.database import Database, connect, connect_url
-from storage.embedded import EmbeddedPostgres
-from storage.errors import (
+from technic.storage.database import Database, connect, connect_url
+from technic.storage.embedded import EmbeddedPostgres
+from technic.storage.errors import (
     DatabaseUnavailable,
     IllegalTransition,
     InvalidInput,
@@ -21,8 +21,8 @@ from storage.errors import (
     ScanNotFound,
     StorageError,
 )
-from storage.migrate import migrate
-from storage.models import (
+from technic.storage.migrate import migrate
+from technic.storage.models import (
     SCAN_STATUSES,
     SCAN_TRANSITIONS,
     STAGE_STATUSES,
@@ -42,7 +42,7 @@ from storage.models import (
     StageStatus,
     StageTiming,
 )
-from storage.repository import RESULT_SORTS, Repository
+from technic.storage.repository import RESULT_SORTS, Repository
 
 __all__ = [
     "RESULT_SORTS",

@@ -15,8 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-
-from storage.errors import DatabaseUnavailable, StorageError
+from technic.storage.errors import DatabaseUnavailable, StorageError
 
 logger = logging.getLogger(__name__)
 

@@ -22,14 +22,13 @@ from typing import Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
-
-from config.settings import Settings
-from storage._pg import init_connection, redact_url, translate_errors
-from storage.embedded import EmbeddedPostgres
-from storage.errors import DatabaseUnavailable
-from storage.migrate import migrate as run_migrations
-from storage.models import MigrationReport
-from storage.repository import Repository
+from technic.config.settings import Settings
+from technic.storage._pg import init_connection, redact_url, translate_errors
+from technic.storage.embedded import EmbeddedPostgres
+from technic.storage.errors import DatabaseUnavailable
+from technic.storage.migrate import migrate as run_migrations
+from technic.storage.models import MigrationReport
+from technic.storage.repository import Repository
 
 logger = logging.getLogger(__name__)
 

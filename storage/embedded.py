@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from storage.errors import DatabaseUnavailable
+from technic.storage.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-
-from storage._pg import describe, is_unavailable, translate_errors
-from storage.errors import DatabaseUnavailable, MigrationError
-from storage.models import MigrationReport
+from technic import migrations
+from technic.storage._pg import describe, is_unavailable, translate_errors
+from technic.storage.errors import DatabaseUnavailable, MigrationError
+from technic.storage.models import MigrationReport
 
 logger = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = migrations.DIRECTORY
 # Any 64-bit constant works; this one is the first 8 bytes of sha256("technic.migrations").
 ADVISORY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"technic.migrations").digest()[:8], "big", signed=True

@@ -28,10 +28,14 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 import orjson
-
-from storage._pg import db_call
-from storage.errors import DatabaseUnavailable, IllegalTransition, InvalidInput, ScanNotFound
-from storage.models import (
+from technic.storage._pg import db_call
+from technic.storage.errors import (
+    DatabaseUnavailable,
+    IllegalTransition,
+    InvalidInput,
+    ScanNotFound,
+)
+from technic.storage.models import (
     RESULT_NUMBER_FIELDS,
     SCAN_STATUSES,
     SCAN_TRANSITIONS,

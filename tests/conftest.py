@@ -40,11 +40,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-
-from storage import Database, Repository, connect_url
-from storage.database import quote_ident, with_database
-from storage.embedded import EmbeddedPostgres
-from storage.migrate import migrate
+from technic.storage import Database, Repository, connect_url
+from technic.storage.database import quote_ident, with_database
+from technic.storage.embedded import EmbeddedPostgres
+from technic.storage.migrate import migrate
 
 TEST_DATABASE_ENV = "TECHNIC_TEST_DATABASE_URL"
 

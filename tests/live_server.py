@@ -29,8 +29,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-from storage.database import quote_ident, with_database
+from technic.storage.database import quote_ident, with_database
 
 OUTPUT = Path(__file__).parent / "output"
 
@@ -56,7 +55,7 @@ class Server:
 
     def start(self) -> None:
         technic = Path(sys.executable).with_name("technic")
-        command = [str(technic)] if technic.exists() else [sys.executable, "-m", "server.cli"]
+        command = [str(technic)] if technic.exists() else [sys.executable, "-m", "cli.main"]
         env = {**self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         with self.log_path.open("ab") as log:
             # its own process group, so that its worker processes can be stopped with it

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from engine.cleaning import clean
-from engine.sample import load_sample_block
+from technic.engine.cleaning import clean
+from technic.engine.sample import load_sample_block
 
 NAN = np.nan
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from technic.engine import ROW_FIELDS
 
-from engine import ROW_FIELDS
-
-TECHNIC = [sys.executable, "-m", "server.cli"]
+TECHNIC = [sys.executable, "-m", "technic.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

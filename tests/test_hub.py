@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-
-import server.hub as hub_module
-from server.hub import Hub, Message, encode_ws_text_frame
+import technic.server.hub as hub_module
+from technic.server.hub import Hub, Message, encode_ws_text_frame
 
 
 def snap(seq: int, status: str = "running", **extra: object) -> dict[str, object]:

@@ -17,9 +17,8 @@ import numba
 import numpy as np
 import pytest
 import talib
-
-from engine import indicators as ind
-from engine.sample import load_sample_block
+from technic.engine import indicators as ind
+from technic.engine.sample import load_sample_block
 
 FIELDS = ("open", "high", "low", "close", "volume")
 RTOL = 1e-9

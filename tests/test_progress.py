@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-
-from engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
+from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
 
 
 class FakeClock:
@@ -215,7 +214,7 @@ def test_failure_marks_running_stage_failed_and_keeps_the_error() -> None:
 def test_stage_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     tracker = make(clock, [])
-    with caplog.at_level(logging.INFO, logger="engine.progress"):
+    with caplog.at_level(logging.INFO, logger="technic.engine.progress"):
         tracker.start_stage("universe_loading", total=1)
         clock.now += 5.2
         tracker.complete_stage("universe_loading")

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import talib
-
-from engine import ROW_FIELDS, InvalidConfig, ScanConfig, run_scan
-from engine.errors import DataError
-from engine.sample import load_sample_block
-from server.workers import worker_pool
+from technic.engine import ROW_FIELDS, InvalidConfig, ScanConfig, run_scan
+from technic.engine.errors import DataError
+from technic.engine.sample import load_sample_block
+from technic.engine.workers import worker_pool
 
 PLAN_FIELDS = ("entry", "stop", "target", "reward_risk", "position_size")
 

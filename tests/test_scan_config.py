@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
-from engine.errors import InvalidConfig
-from engine.scan_config import ScanConfig
+from technic.engine.errors import InvalidConfig
+from technic.engine.scan_config import ScanConfig
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-
-from config import Settings
-from server.app import POOL, create_app
+from technic.config import Settings
+from technic.server.app import POOL, create_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -478,7 +477,7 @@ async def test_restart_serves_finished_scans_from_the_database(
 async def test_scans_left_running_by_a_dead_process_become_interrupted(
     database_url: str, tmp_path: Path
 ) -> None:
-    from storage import connect_url
+    from technic.storage import connect_url
 
     database = await connect_url(database_url)
     scan_uuid = uuid.uuid4()
@@ -645,7 +644,7 @@ async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_pat
             await asyncio.sleep(0.2)
         assert health["status"] == "ok"
     await proxy.cut()
-    from storage import connect_url
+    from technic.storage import connect_url
 
     database = await connect_url(database_url, migrate=False)
     try:
@@ -678,7 +677,7 @@ async def test_sigterm_cancels_records_closes_watchers_and_exits_0(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "server.cli",
+        "technic.cli",
         "serve",
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
@@ -705,7 +704,7 @@ async def test_sigterm_cancels_records_closes_watchers_and_exits_0(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    from storage import connect_url
+    from technic.storage import connect_url
 
     database = await connect_url(database_url, migrate=False)
     try:

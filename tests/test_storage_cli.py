@@ -9,10 +9,9 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-
-from server.cli_storage import add_storage_commands, parse_since
-from storage import STAGES, connect_url
-from storage.migrate import MIGRATIONS_DIR
+from technic.cli.storage_commands import add_storage_commands, parse_since
+from technic.storage import STAGES, connect_url
+from technic.storage.migrate import MIGRATIONS_DIR
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 

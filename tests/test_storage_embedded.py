@@ -11,10 +11,9 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-
-from config.settings import Settings
-from storage import DatabaseUnavailable, connect
-from storage.embedded import _prune_dead_pids
+from technic.config.settings import Settings
+from technic.storage import DatabaseUnavailable, connect
+from technic.storage.embedded import _prune_dead_pids
 
 pytestmark = [pytest.mark.embedded, pytest.mark.asyncio(loop_scope="session")]
 

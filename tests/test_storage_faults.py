@@ -14,9 +14,8 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
-
-from config.settings import Settings
-from storage import (
+from technic.config.settings import Settings
+from technic.storage import (
     Database,
     DatabaseUnavailable,
     Repository,
@@ -24,7 +23,7 @@ from storage import (
     connect,
     connect_url,
 )
-from storage.database import with_database
+from technic.storage.database import with_database
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -8,8 +8,7 @@ from uuid import UUID, uuid4
 
 import numpy as np
 import pytest
-
-from storage import STAGES, InvalidInput, Repository, SizeBucket
+from technic.storage import STAGES, InvalidInput, Repository, SizeBucket
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
-from storage import DatabaseUnavailable, MigrationError
-from storage.migrate import ADVISORY_LOCK_KEY, discover, migrate, split_statements
+from technic.storage import DatabaseUnavailable, MigrationError
+from technic.storage.migrate import ADVISORY_LOCK_KEY, discover, migrate, split_statements
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

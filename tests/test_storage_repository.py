@@ -12,8 +12,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-
-from storage import (
+from technic.storage import (
     RESULT_SORTS,
     SCAN_STATUSES,
     SCAN_TRANSITIONS,

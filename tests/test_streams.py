@@ -17,10 +17,9 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import WSMsgType, web
-
-from engine.progress import SCAN_STAGES, MultiStageProgressTracker
-from server.hub import Hub
-from server.streams import StreamStats, parse_resume_seq, sse_stream, websocket_stream
+from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker
+from technic.server.hub import Hub
+from technic.server.streams import StreamStats, parse_resume_seq, sse_stream, websocket_stream
 
 STAGE_WEIGHTS = dict(SCAN_STAGES)
 

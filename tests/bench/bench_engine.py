@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import talib
-
-from engine import ScanConfig, indicators, run_scan
-from engine.cache import read_block
-from server.workers import keep_freed_memory, worker_pool
+from technic.engine import ScanConfig, indicators, run_scan
+from technic.engine.cache import read_block
+from technic.engine.workers import keep_freed_memory, worker_pool
 
 
 def talib_loop(block, row_start: int, row_stop: int) -> float:

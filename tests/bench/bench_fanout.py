@@ -112,7 +112,7 @@ def where_tasks_wait(limit: int = 5) -> dict[str, int]:
 
 def simulate_scan(publish: Any, rate_hz: float, duration_s: float, stop: threading.Event) -> None:
     """A scan whose stages take their weight's share of ``duration_s``, one unit per tick."""
-    from engine.progress import SCAN_STAGES, MultiStageProgressTracker
+    from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker
 
     tracker = MultiStageProgressTracker(scan_id=TOPIC, on_emit=publish, min_interval_s=0.0)
     ticks = max(4, round(rate_hz * duration_s))
@@ -135,9 +135,8 @@ def simulate_scan(publish: Any, rate_hz: float, duration_s: float, stop: threadi
 
 async def run_server(args: argparse.Namespace) -> None:
     from aiohttp import web
-
-    from server.hub import Hub
-    from server.streams import StreamStats, websocket_stream
+    from technic.server.hub import Hub
+    from technic.server.streams import StreamStats, websocket_stream
 
     nofile = raise_nofile_limit()
     loop = asyncio.get_running_loop()

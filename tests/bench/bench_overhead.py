@@ -165,7 +165,7 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
         }
         server = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"],
+            [sys.executable, "-m", "technic.cli", "serve"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -36,9 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from storage import SizeBucket, connect_url
-from storage.database import ensure_database, quote_ident
-from storage.embedded import EmbeddedPostgres
+from technic.storage import SizeBucket, connect_url
+from technic.storage.database import ensure_database, quote_ident
+from technic.storage.embedded import EmbeddedPostgres
 
 SAVE_TARGET_S = 0.200
 STATS_P95_TARGET_S = 0.050

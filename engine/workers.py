@@ -17,7 +17,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from engine import indicators
+from technic.engine import indicators
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -54,7 +54,7 @@ def _ready() -> None:
 def worker_pool(max_workers: int) -> ProcessPoolExecutor:
     """A pool whose workers start at once, while the scan is still loading its data."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["engine.chunk"])
+    context.set_forkserver_preload(["technic.engine.chunk"])
     pool = ProcessPoolExecutor(
         max_workers=max_workers, mp_context=context, initializer=_initialise_worker
     )

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from config.settings import Settings, SettingsError
-from server.views import stats_json
-from storage import (
+from technic.config.settings import Settings, SettingsError
+from technic.server.views import stats_json
+from technic.storage import (
     DatabaseUnavailable,
     InvalidInput,
     MigrationError,

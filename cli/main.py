@@ -18,17 +18,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
-
-from config import Settings, SettingsError
-from engine.errors import TechnicError
-from engine.scan import ScanResult, run_scan
-from engine.scan_config import PROVIDERS, TRADE_STYLES, ScanConfig
-from server.cli_storage import add_storage_commands
-from server.remote import add_scan_server_options, add_watch_command
-from server.terminal_view import LiveView
-from server.views import results_csv
-from server.workers import worker_pool
-from storage import StorageError
+from technic.cli.remote import add_scan_server_options, add_watch_command
+from technic.cli.storage_commands import add_storage_commands
+from technic.cli.terminal_view import LiveView
+from technic.config import Settings, SettingsError
+from technic.engine.errors import TechnicError
+from technic.engine.scan import ScanResult, run_scan
+from technic.engine.scan_config import PROVIDERS, TRADE_STYLES, ScanConfig
+from technic.engine.workers import worker_pool
+from technic.server.views import results_csv
+from technic.storage import StorageError
 
 log = logging.getLogger("technic")
 
@@ -158,7 +157,7 @@ def _format_results(result: ScanResult, output_format: str) -> str:
 
 def _scan_command(args: argparse.Namespace) -> int:
     if args.server:
-        from server.remote import remote_scan_command
+        from technic.cli.remote import remote_scan_command
 
         return remote_scan_command(args)
     try:
@@ -235,8 +234,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     # imported here so that a local `technic scan` does not load the web stack
     import uvloop
     from aiohttp import web
-
-    from server.app import create_app
+    from technic.server.app import create_app
 
     uvloop.install()
     log.info("technic starting on http://%s:%s", settings.host, settings.port)
@@ -286,7 +284,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from technic.cli.main import main
+from technic.cli.remote import Remote, RemoteError, parse_scan_id
 
-from server.cli import main
-from server.remote import Remote, RemoteError, parse_scan_id
 from tests.live_server import Server, running_scans, running_server, wait_until
 
 TECHNIC = Path(sys.executable).with_name("technic")

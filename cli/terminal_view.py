@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from engine.progress import format_eta
+from technic.engine.progress import format_eta
 
 STAGE_LABELS = {
     "universe_loading": "Universe Loading",

@@ -1,7 +1,7 @@
 """Watching a scan that runs on a technic server, from a terminal.
 
 ``technic watch SCAN_ID [--server URL]`` and ``technic scan --server URL ...`` draw the same
-multi-stage view as the local ``technic scan`` (``server.terminal_view.render``), fed by the
+multi-stage view as the local ``technic scan`` (``cli.terminal_view.render``), fed by the
 scan's WebSocket, and exit with how the scan ended: 0 completed, 1 failed or interrupted,
 130 cancelled (2 for bad arguments, an unknown scan or a start request the server refused).
 
@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import orjson
-
-from engine.progress import TERMINAL_STATUSES
-from server.terminal_view import LiveView, render
+from technic.cli.terminal_view import LiveView, render
+from technic.engine.progress import TERMINAL_STATUSES
 
 # aiohttp is imported by the functions that talk to a server: every other `technic` command
 # (the local `technic scan` above all) then starts without paying for it.
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The same codes as server.cli.
+# The same codes as cli.main.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 EXIT_BY_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "interrupted": EXIT_FAILED}
 EXIT_BY_STATUS["cancelled"] = EXIT_CANCELLED
@@ -426,8 +425,8 @@ def add_scan_server_options(scan: argparse.ArgumentParser) -> None:
 def start_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /scan/start`` body for ``technic scan`` arguments (validated like a local
     scan, so the same defaults and the same error messages apply)."""
-    from server.cli import _scan_config  # the local scan's reading of the arguments
-    from server.requests import API_PROVIDERS, START_FIELDS
+    from technic.cli.main import _scan_config  # the local scan's reading of the arguments
+    from technic.server.requests import API_PROVIDERS, START_FIELDS
 
     for name, option in LOCAL_ONLY.items():
         if getattr(args, name, None) not in (None, False):
@@ -445,8 +444,8 @@ def start_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def remote_scan_command(args: argparse.Namespace) -> int:
-    from server.cli import _format_results
-    from server.views import performance_metrics
+    from technic.cli.main import _format_results
+    from technic.server.views import performance_metrics
 
     try:
         remote = Remote.parse(args.server, args.token)
