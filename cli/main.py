@@ -15,23 +15,24 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
+from technic.cli.exit_codes import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from technic.cli.remote import add_scan_server_options, add_watch_command
 from technic.cli.storage_commands import add_storage_commands
 from technic.cli.terminal_view import LiveView
 from technic.config import Settings, SettingsError
 from technic.engine.errors import TechnicError
-from technic.engine.scan import ScanResult, run_scan
 from technic.engine.scan_config import PROVIDERS, TRADE_STYLES, ScanConfig
-from technic.engine.workers import worker_pool
 from technic.server.views import results_csv
 from technic.storage import StorageError
 
+if TYPE_CHECKING:
+    from technic.engine.scan import ScanResult
+
 log = logging.getLogger("technic")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 TABLE_COLUMNS = (
     ("rank", "#", 4, "{:>4}"),
     ("symbol", "Symbol", 7, "{:<7}"),
@@ -176,6 +177,10 @@ def _scan_command(args: argparse.Namespace) -> int:
     cache_dir = None if args.no_cache or not settings.use_cache else settings.cache_dir
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
+
+    # Imported here: they bring numba and pandas, which no other command needs.
+    from technic.engine.scan import run_scan
+    from technic.engine.workers import worker_pool
 
     def work() -> None:
         executor = worker_pool(workers) if workers > 0 else None

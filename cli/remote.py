@@ -35,8 +35,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import orjson
+from technic.cli.exit_codes import (
+    EXIT_BY_STATUS,
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from technic.cli.terminal_view import LiveView, render
-from technic.engine.progress import TERMINAL_STATUSES
+from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES
 
 # aiohttp is imported by the functions that talk to a server: every other `technic` command
 # (the local `technic scan` above all) then starts without paying for it.
@@ -45,10 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The same codes as cli.main.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
-EXIT_BY_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "interrupted": EXIT_FAILED}
-EXIT_BY_STATUS["cancelled"] = EXIT_CANCELLED
 RECONNECT_TIMEOUT_S = 60.0
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 5.0
 CANCEL_WAIT_S = 15.0
@@ -149,7 +152,7 @@ class Reporter:
             self._stages[name] = status
             if before == "pending" and status != "skipped":
                 self._line(f"[INFO] Starting stage: {name}")
-            if status in ("completed", "failed", "skipped"):
+            if status in STAGE_END_STATUSES:
                 duration = float(stage.get("duration") or 0.0)
                 self._line(f"[INFO] {status.capitalize()} stage: {name} ({duration:.1f}s)")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,9 +28,7 @@ from technic.storage import (
     StorageError,
     connect,
 )
-
-_SINCE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+from technic.storage.windows import parse_window
 
 
 def add_storage_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -65,17 +62,6 @@ def add_storage_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "such as 2500 for its bucket",
     )
     history.set_defaults(func=run_history)
-
-
-def parse_since(text: str) -> timedelta:
-    """``30m``, ``12h``, ``7d`` or ``2w`` as a timedelta; ValueError otherwise."""
-    match = _SINCE.match(text or "")
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"--since must look like 30m, 12h, 7d or 2w, got {text!r}")
-    try:
-        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-    except OverflowError as e:
-        raise ValueError(f"--since {text!r} is too long ago") from e
 
 
 def run_migrate(args: argparse.Namespace) -> int:
@@ -113,7 +99,7 @@ async def _migrate(settings: Settings, migrations_dir: Path | None) -> int:
 
 def run_history(args: argparse.Namespace) -> int:
     try:
-        window = parse_since(args.since)
+        window = parse_window(args.since, field="--since")
         by_bucket, bucket = _bucket_option(args.universe_size_bucket)
     except ValueError as e:
         print(f"technic history: {e}", file=sys.stderr)

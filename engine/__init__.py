@@ -2,23 +2,36 @@
 
 Nothing here knows about asyncio, HTTP or SQL; ``run_scan`` can be called from a script,
 the CLI, a test or the server alike.
+
+The names below are loaded on first use (PEP 562): importing one light module such as
+``technic.engine.progress`` (``technic watch`` needs only that) must not pay for numba and
+pandas, which ``run_scan`` brings in.
 """
 
-from technic.engine.errors import DataError, InvalidConfig, ScanCancelled, TechnicError
-from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
-from technic.engine.scan import ROW_FIELDS, ScanResult, run_scan
-from technic.engine.scan_config import ScanConfig
+from __future__ import annotations
 
-__all__ = [
-    "ROW_FIELDS",
-    "SCAN_STAGES",
-    "DataError",
-    "InvalidConfig",
-    "MultiStageProgressTracker",
-    "ScanCancelled",
-    "ScanConfig",
-    "ScanResult",
-    "TechnicError",
-    "format_eta",
-    "run_scan",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "DataError": "errors",
+    "InvalidConfig": "errors",
+    "ScanCancelled": "errors",
+    "TechnicError": "errors",
+    "SCAN_STAGES": "progress",
+    "MultiStageProgressTracker": "progress",
+    "format_eta": "progress",
+    "ROW_FIELDS": "fields",
+    "ScanResult": "scan",
+    "run_scan": "scan",
+    "ScanConfig": "scan_config",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -16,44 +16,8 @@ from technic.engine import indicators, rating
 from technic.engine.block import PRICE_FIELDS
 from technic.engine.cache import read_block
 from technic.engine.cleaning import clean
+from technic.engine.fields import NUMERIC_FIELDS
 
-NUMERIC_FIELDS: tuple[str, ...] = (
-    "close",
-    "tech_rating",
-    "trend_score",
-    "momentum_score",
-    "volume_score",
-    "volatility_score",
-    "oscillator_score",
-    "breakout_score",
-    "sma20",
-    "sma50",
-    "sma200",
-    "ema12",
-    "ema26",
-    "rsi14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "atr14",
-    "atr_pct",
-    "adx14",
-    "bb_upper",
-    "bb_middle",
-    "bb_lower",
-    "ret_1d",
-    "ret_5d",
-    "ret_21d",
-    "rel_volume",
-    "dollar_volume_20d",
-    "high_52w",
-    "pct_from_52w_high",
-    "entry",
-    "stop",
-    "target",
-    "reward_risk",
-    "position_size",
-)
 RECENT_LOW_BARS = 10
 WEEKS_52_BARS = 252
 

@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 StageStatus = Literal["pending", "running", "completed", "failed", "skipped"]
 ScanStatus = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "interrupted"})
+# A scan in one of these has ended and never moves again; so has a stage in STAGE_END_STATUSES.
+TERMINAL_STATUSES: frozenset[ScanStatus] = frozenset(
+    ("completed", "failed", "cancelled", "interrupted")
+)
+STAGE_END_STATUSES: frozenset[StageStatus] = frozenset(("completed", "failed", "skipped"))
 
 SCAN_STAGES: tuple[tuple[str, float], ...] = (
     ("universe_loading", 0.05),

@@ -31,8 +31,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from technic.engine.block import Universe
 from technic.engine.cache import BlockCache, cache_key, read_block
-from technic.engine.chunk import NUMERIC_FIELDS, ChunkJob, ChunkResult, scan_chunk
+from technic.engine.chunk import ChunkJob, ChunkResult, scan_chunk
 from technic.engine.errors import InvalidConfig, ScanCancelled, WorkerDied
+from technic.engine.fields import NUMERIC_FIELDS, ROW_FIELDS
 from technic.engine.progress import MultiStageProgressTracker, Snapshot
 from technic.engine.providers import Provider, provider_for
 from technic.engine.rating import signal
@@ -42,17 +43,6 @@ from technic.engine.universe import select
 log = logging.getLogger(__name__)
 
 FINALIZATION_STEPS = ("merge", "filter", "rank", "rows")
-ROW_FIELDS: tuple[str, ...] = (
-    "symbol",
-    "name",
-    "sector",
-    "industry",
-    "as_of",
-    "close",
-    "tech_rating",
-    "signal",
-    *NUMERIC_FIELDS[2:],
-)
 MAX_AS_OF_BEYOND_DATA_DAYS = 7
 CANCEL_POLL_S = 0.2
 

@@ -38,7 +38,6 @@ from technic.server.requests import (
     RequestError,
     parse_int,
     parse_seq,
-    parse_since,
     parse_start,
 )
 from technic.server.views import (
@@ -56,6 +55,7 @@ from technic.storage import (
     StorageError,
     connect,
 )
+from technic.storage.windows import parse_window
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ async def list_scans(request: web.Request) -> web.Response:
     query = request.query
     limit = parse_int(query, "limit", 50, 1, 500)
     status = query.get("status") or None
-    since = dt.datetime.now(dt.UTC) - parse_since(query["since"]) if query.get("since") else None
+    since = dt.datetime.now(dt.UTC) - parse_window(query["since"]) if query.get("since") else None
     page = await request.app[DATABASE].repository.list_scans(
         status=status, since=since, limit=limit, cursor=query.get("cursor") or None
     )
@@ -424,7 +424,7 @@ async def list_scans(request: web.Request) -> web.Response:
 
 
 async def stage_stats(request: web.Request) -> web.Response:
-    window = parse_since(request.query.get("since"))
+    window = parse_window(request.query.get("since") or "7d")
     by_bucket = request.query.get("by_bucket", "false").lower()
     if by_bucket not in ("true", "false", "1", "0"):
         raise RequestError("must be true or false", field="by_bucket")

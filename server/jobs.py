@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
-from technic.engine.progress import TERMINAL_STATUSES, Snapshot
+from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
 from technic.engine.workers import WorkerPool
 from technic.server.hub import Hub
 from technic.server.persist import Persister
@@ -301,7 +301,7 @@ class JobManager:
                 continue
             job.stage_status[stage] = status
             total = int(detail["total"]) if detail["total"] is not None else None
-            if before == "pending" and status in ("running", "completed", "failed", "skipped"):
+            if before == "pending" and status != "pending":
                 started_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=detail["duration"] or 0)
                 self.persister.submit(
                     f"start stage {stage}",
@@ -322,7 +322,7 @@ class JobManager:
                             self.repository.update_scan, scan_uuid, universe_size=int(selected)
                         ),
                     )
-            if status in ("completed", "failed", "skipped"):
+            if status in STAGE_END_STATUSES:
                 self.persister.submit(
                     f"finish stage {stage}",
                     functools.partial(

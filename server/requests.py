@@ -7,9 +7,7 @@ in one place (``server.errors``), so no handler builds error responses by hand.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +33,6 @@ START_FIELDS = (
     "lookback_bars",
 )
 DEFAULT_API_MAX_SYMBOLS = 50
-_DURATION = re.compile(r"^\s*(\d{1,6})\s*([mhdw])\s*$")
-_DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class RequestError(Exception):
@@ -123,17 +119,6 @@ def parse_int(
     if not low <= value <= high:
         raise RequestError(f"must be between {low} and {high}, got {value}", field=name)
     return value
-
-
-def parse_since(raw: str | None, *, default: str = "7d") -> dt.timedelta:
-    """``30m``, ``12h``, ``7d``, ``2w``."""
-    text = raw if raw else default
-    match = _DURATION.match(text)
-    if not match:
-        raise RequestError(
-            f"must be a duration like 30m, 12h, 7d or 2w, got {text!r}", field="since"
-        )
-    return dt.timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
 
 
 def parse_seq(raw: str | None, name: str) -> int | None:

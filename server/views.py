@@ -10,8 +10,8 @@ import csv
 import io
 from typing import Any
 
+from technic.engine.fields import ROW_FIELDS
 from technic.engine.progress import SCAN_STAGES, format_eta
-from technic.engine.scan import ROW_FIELDS
 from technic.storage import Scan, SizeBucket, StageStats
 
 PERFORMANCE_KEYS = (

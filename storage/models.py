@@ -11,16 +11,13 @@ from datetime import datetime
 from typing import Any, Final, Literal, get_args
 from uuid import UUID
 
-ScanStatus = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+from technic.engine.progress import ScanStatus, StageStatus
+
 StageName = Literal["universe_loading", "data_fetching", "symbol_scanning", "finalization"]
-StageStatus = Literal["pending", "running", "completed", "failed", "skipped"]
 
 SCAN_STATUSES: Final[tuple[ScanStatus, ...]] = get_args(ScanStatus)
 STAGES: Final[tuple[StageName, ...]] = get_args(StageName)
 STAGE_STATUSES: Final[tuple[StageStatus, ...]] = get_args(StageStatus)
-TERMINAL_STATUSES: Final[frozenset[ScanStatus]] = frozenset(
-    ("completed", "failed", "cancelled", "interrupted")
-)
 
 # Which statuses a scan may move to from each status. A pending scan can fail (bad input found
 # when it is picked up), be cancelled while queued, or be interrupted when its process dies.

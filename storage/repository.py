@@ -28,6 +28,7 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 import orjson
+from technic.engine.progress import TERMINAL_STATUSES
 from technic.storage._pg import db_call
 from technic.storage.errors import (
     DatabaseUnavailable,
@@ -42,7 +43,6 @@ from technic.storage.models import (
     SIGNALS,
     STAGE_TRANSITIONS,
     STAGES,
-    TERMINAL_STATUSES,
     Failure,
     ResultPage,
     Scan,

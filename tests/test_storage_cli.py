@@ -9,9 +9,10 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from technic.cli.storage_commands import add_storage_commands, parse_since
+from technic.cli.storage_commands import add_storage_commands
 from technic.storage import STAGES, connect_url
 from technic.storage.migrate import MIGRATIONS_DIR
+from technic.storage.windows import parse_window
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 
@@ -48,14 +49,16 @@ async def history_url(database_url: str) -> str:
     return database_url
 
 
-def test_parse_since() -> None:
-    assert parse_since("30m") == timedelta(minutes=30)
-    assert parse_since("12h") == timedelta(hours=12)
-    assert parse_since("7d") == timedelta(days=7)
-    assert parse_since(" 2w ") == timedelta(weeks=2)
-    for bad in ("7", "d", "0d", "-1d", "7x", "7 days", "1.5d", "", "7d; DROP TABLE scans"):
+def test_parse_window() -> None:
+    assert parse_window("30m") == timedelta(minutes=30)
+    assert parse_window("12h") == timedelta(hours=12)
+    assert parse_window("7d") == timedelta(days=7)
+    assert parse_window(" 2w ") == timedelta(weeks=2)
+    assert parse_window("3660d") == timedelta(days=3660)
+    bad_words = ("7", "d", "0d", "-1d", "7x", "7 days", "1.5d", "", "7d; DROP TABLE scans")
+    for bad in (*bad_words, "3661d", "999999w", "9" * 40 + "d", "７d"):
         with pytest.raises(ValueError, match="--since"):
-            parse_since(bad)
+            parse_window(bad, field="--since")
 
 
 def test_history_table(
@@ -108,8 +111,8 @@ def test_history_json_and_buckets(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["history", "--since", "7x"], "--since must look like"),
-        (["history", "--since", "' OR 1=1 --"], "--since must look like"),
+        (["history", "--since", "7x"], "--since: must be a duration like"),
+        (["history", "--since", "' OR 1=1 --"], "--since: must be a duration like"),
         (["history", "--universe-size-bucket", "1000-5000"], "--universe-size-bucket"),
         (["history", "--since", "99999999w"], "--since"),
     ],

@@ -104,8 +104,7 @@ def main() -> None:
     print()
     print(f"TA-Lib per-symbol loop (1 core):           {loop:8.3f} s")
     print(
-        f"symbol_scanning stage (1 core, warm):      {single:8.3f} s  "
-        f"ratio {loop / single:5.1f}x"
+        f"symbol_scanning stage (1 core, warm):      {single:8.3f} s  ratio {loop / single:5.1f}x"
     )
     print(
         f"symbol_scanning stage ({args.workers} workers, warm):   {scanning:8.3f} s  "
