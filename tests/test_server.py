@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -583,10 +584,16 @@ async def test_health_metrics_history_and_stats(service: Service) -> None:
 
 class TcpProxy:
     """A loopback TCP relay to PostgreSQL that a test can cut and restore: a real outage
-    between the service and a real database, without stopping the shared server."""
+    between the service and a real database, without stopping the shared server.
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    The target is the server ``database_url`` names: its host and port, or its Unix socket
+    when the URL says ``?host=/dir`` (the embedded server listens only there)."""
+
+    def __init__(self, database_url: str) -> None:
+        parts = urlsplit(database_url)
+        self.database_url = database_url
+        self.socket_dir = parse_qs(parts.query).get("host", [None])[0]
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -602,8 +609,21 @@ class TcpProxy:
             writer.transport.abort()
         await self._server.wait_closed()
 
+    @property
+    def url(self) -> str:
+        """``database_url`` through this relay: TCP to its port, the socket parameter gone."""
+        parts = urlsplit(self.database_url)
+        netloc = f"{parts.username}@127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc, query=""))
+
+    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.socket_dir is not None:
+            path = f"{self.socket_dir}/.s.PGSQL.{self.target[1]}"
+            return await asyncio.open_unix_connection(path)
+        return await asyncio.open_connection(*self.target)
+
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        upstream_reader, upstream_writer = await self._upstream()
         self._writers |= {writer, upstream_writer}
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -618,13 +638,9 @@ class TcpProxy:
 
 
 async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_path: Path) -> None:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(database_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxy = TcpProxy(database_url)
     await proxy.start()
-    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
-    async with serve(settings_for(via_proxy, tmp_path)) as service:
+    async with serve(settings_for(proxy.url, tmp_path)) as service:
         scan_id = await service.start({"provider": "synthetic", "max_symbols": 30_000, "bars": 260})
         while (await service.wait_for(scan_id, {"running"}))["current_stage"] != "symbol_scanning":
             await asyncio.sleep(0.05)
