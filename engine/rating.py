@@ -49,12 +49,6 @@ SUBSCORE_WEIGHTS: dict[str, float] = {
 }
 MAX_RAW = 3.0 * sum(SUBSCORE_WEIGHTS.values())
 STOP_ATR_MULTIPLE = {"day": 1.0, "swing": 1.5, "position": 2.5}
-SIGNAL_BANDS: tuple[tuple[float, str], ...] = (
-    (75.0, "Strong Buy"),
-    (60.0, "Buy"),
-    (40.0, "Neutral"),
-    (25.0, "Sell"),
-)
 
 
 def _term(value: np.ndarray) -> np.ndarray:
@@ -76,7 +70,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def subscores(ind: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The six subscores for arrays of last-bar indicator values (one entry per symbol)."""
     close = ind["close"]
-    strength = 0.5 + 0.5 * np.minimum(_term(ind["adx14"]) / 25.0, 1.0)
+    strength = 0.5 + 0.5 * np.clip(_term(ind["adx14"]) / 25.0, 0.0, 1.0)
     trend = (
         _above(close, ind["sma50"])
         + _above(ind["sma50"], ind["sma200"])
@@ -125,8 +119,10 @@ def tech_rating(scores: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def signal(rating: np.ndarray) -> np.ndarray:
-    conditions = [rating >= low for low, _ in SIGNAL_BANDS]
-    return np.select(conditions, [name for _, name in SIGNAL_BANDS], default="Strong Sell")
+    """The bands mirror each other around 50: 60 is Buy and 40 is Sell, 75 and 25 the strong
+    ones, so a rating and its reflection always get opposite signals."""
+    conditions = [rating >= 75.0, rating >= 60.0, rating > 40.0, rating > 25.0]
+    return np.select(conditions, ["Strong Buy", "Buy", "Neutral", "Sell"], default="Strong Sell")
 
 
 def trade_plan(
