@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import sys
-import types
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -42,6 +41,8 @@ from technic.cli.exit_codes import (
     EXIT_OK,
     EXIT_USAGE,
 )
+from technic.cli.output import format_results, write_output
+from technic.cli.scan_options import scan_config
 from technic.cli.terminal_view import LiveView, render
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES
 
@@ -415,20 +416,9 @@ async def _watch(remote: Remote, scan_id: str, reporter: Reporter) -> Snapshot |
 # -- technic scan --server ----------------------------------------------------------------------
 
 
-def add_scan_server_options(scan: argparse.ArgumentParser) -> None:
-    """``--server`` and ``--token`` on ``technic scan``."""
-    scan.add_argument(
-        "--server",
-        metavar="URL",
-        help="run the scan on this technic server and watch it here",
-    )
-    scan.add_argument("--token", help="API token for --server (env TECHNIC_API_TOKEN)")
-
-
 def start_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /scan/start`` body for ``technic scan`` arguments (validated like a local
     scan, so the same defaults and the same error messages apply)."""
-    from technic.cli.main import _scan_config  # the local scan's reading of the arguments
     from technic.server.requests import API_PROVIDERS, START_FIELDS
 
     for name, option in LOCAL_ONLY.items():
@@ -439,7 +429,7 @@ def start_body(args: argparse.Namespace) -> dict[str, Any]:
             f"--provider must be one of {', '.join(API_PROVIDERS)} with --server", EXIT_USAGE
         )
     try:
-        config = _scan_config(args)
+        config = scan_config(args)
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise RemoteError(str(error), EXIT_USAGE) from None
     values = config.to_dict()
@@ -447,7 +437,6 @@ def start_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def remote_scan_command(args: argparse.Namespace) -> int:
-    from technic.cli.main import _format_results
     from technic.server.views import performance_metrics
 
     try:
@@ -476,18 +465,11 @@ def remote_scan_command(args: argparse.Namespace) -> int:
             "metrics": metrics,
             "failures": results.get("failures") or [],
         }
-        text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
     else:
         for key in ("symbols_scanned", "symbols_failed", "total_seconds"):
             metrics[key] = metrics.get(key) or 0
-        text = _format_results(
-            types.SimpleNamespace(rows=results["results"], metrics=metrics), args.format
-        )
-    if args.output:
-        with open(args.output, "w") as out:
-            out.write(text)
-    else:
-        sys.stdout.write(text)
+        document = {}
+    write_output(format_results(results["results"], metrics, args.format, document), args.output)
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiofiles
 import asyncpg
 from technic import migrations
 from technic.storage._pg import describe, is_unavailable, translate_errors
@@ -71,8 +72,12 @@ class Statement:
     line: int
 
 
-def discover(migrations_dir: Path | None = None) -> list[Migration]:
-    """The migration files of a directory in version order; other files are ignored."""
+async def discover(migrations_dir: Path | None = None) -> list[Migration]:
+    """The migration files of a directory in version order; other files are ignored.
+
+    Read through aiofiles: this runs on the server's event loop at start-up, where a slow
+    disk must not stall the health check or the first watchers.
+    """
     directory = MIGRATIONS_DIR if migrations_dir is None else migrations_dir
     if not directory.is_dir():
         raise MigrationError(str(directory), None, "migrations directory does not exist")
@@ -86,7 +91,9 @@ def discover(migrations_dir: Path | None = None) -> list[Migration]:
             raise MigrationError(
                 path.name, None, f"version {version} also used by {found[version].file}"
             )
-        found[version] = Migration(version, path.name, path, path.read_text(encoding="utf-8"))
+        async with aiofiles.open(path, encoding="utf-8") as file:
+            text = await file.read()
+        found[version] = Migration(version, path.name, path, text)
     return [found[v] for v in sorted(found)]
 
 
@@ -187,7 +194,7 @@ async def migrate(
     back; files applied before it stay applied. Raises ``DatabaseUnavailable`` when the
     connection fails or the lock is not obtained within ``lock_timeout_s``.
     """
-    migrations = discover(migrations_dir)
+    migrations = await discover(migrations_dir)
     started = time.perf_counter()
     with translate_errors("migrate"):
         try:

@@ -39,7 +39,7 @@ async def test_fresh_then_repeated(empty_database_url: str) -> None:
     conn = await asyncpg.connect(empty_database_url)
     try:
         first = await migrate(conn)
-        assert first.applied == [p.file for p in discover()] and first.already_applied == []
+        assert first.applied == [p.file for p in await discover()] and first.already_applied == []
         assert first.applied[0] == "0001_initial.sql"
         assert await tables_of(conn) == TABLES
         schema = await schema_of(conn)
@@ -169,13 +169,13 @@ async def test_lock_wait_is_bounded(empty_database_url: str) -> None:
 
 async def test_discover_checks_names(tmp_path: Path) -> None:
     ok = write(tmp_path / "ok", {"0002_b.sql": "", "0001_a.sql": "", "README.md": "notes"})
-    assert [m.file for m in discover(ok)] == ["0001_a.sql", "0002_b.sql"]
+    assert [m.file for m in await discover(ok)] == ["0001_a.sql", "0002_b.sql"]
     with pytest.raises(MigrationError, match="0001_lowercase_words"):
-        discover(write(tmp_path / "bad", {"1_init.sql": ""}))
+        await discover(write(tmp_path / "bad", {"1_init.sql": ""}))
     with pytest.raises(MigrationError, match="also used by"):
-        discover(write(tmp_path / "dup", {"0001_a.sql": "", "0001_b.sql": ""}))
+        await discover(write(tmp_path / "dup", {"0001_a.sql": "", "0001_b.sql": ""}))
     with pytest.raises(MigrationError, match="does not exist"):
-        discover(tmp_path / "missing")
+        await discover(tmp_path / "missing")
 
 
 async def test_split_statements() -> None:
@@ -201,7 +201,7 @@ async def test_split_statements() -> None:
 
 
 async def test_shipped_migrations_split_cleanly() -> None:
-    for migration in discover():
+    for migration in await discover():
         statements = split_statements(migration.sql)
         assert statements, migration.file
         assert all(not s.text.endswith(";") for s in statements)
