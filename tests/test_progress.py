@@ -7,6 +7,8 @@ import logging
 import pytest
 from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
 
+from tests.seed_contract import SEED_PROGRESS_FIELDS
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -74,22 +76,8 @@ def test_seed_example_arithmetic_is_right() -> None:
 def test_snapshot_has_every_seed_field() -> None:
     tracker = make(FakeClock(), [], scan_id="abc")
     snap = tracker.snapshot()
-    seed_fields = {
-        "scan_id",
-        "status",
-        "current_stage",
-        "stages",
-        "overall_progress",
-        "overall_eta",
-        "overall_eta_formatted",
-        "stage_progress",
-        "stage_eta",
-        "stage_eta_formatted",
-        "stage_throughput",
-        "message",
-    }
     extra = {"seq", "elapsed_seconds", "started_at", "completed_at", "error"}
-    assert seed_fields | extra <= set(snap)
+    assert SEED_PROGRESS_FIELDS | extra <= set(snap)
     assert list(snap["stages"]) == [name for name, _ in SCAN_STAGES]
     for stage in snap["stages"].values():
         assert {

@@ -27,23 +27,10 @@ from aiohttp import web
 from technic.config import Settings
 from technic.server.app import POOL, create_app
 
+from tests.seed_contract import SEED_PROGRESS_FIELDS, SEED_START_FIELDS
+
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-SEED_START_FIELDS = {"scan_id", "status", "message", "progress_url", "websocket_url", "sse_url"}
-SEED_PROGRESS_FIELDS = {
-    "scan_id",
-    "status",
-    "current_stage",
-    "stages",
-    "overall_progress",
-    "overall_eta",
-    "overall_eta_formatted",
-    "stage_progress",
-    "stage_eta",
-    "stage_eta_formatted",
-    "stage_throughput",
-    "message",
-}
 EXTRA_PROGRESS_FIELDS = {"seq", "elapsed_seconds", "started_at", "completed_at", "error"}
 STAGE_FIELDS = {"weight", "progress", "status", "current", "total", "duration", "throughput"}
 SEED_BODY = {
