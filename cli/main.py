@@ -23,6 +23,7 @@ from technic.cli.storage_commands import add_storage_commands
 from technic.cli.terminal_view import LiveView
 from technic.config import Settings, SettingsError
 from technic.engine.errors import TechnicError
+from technic.engine.polygon.source import MISSING_KEY_MESSAGE, source_from_settings
 from technic.storage import StorageError
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ def _scan_command(args: argparse.Namespace) -> int:
     except (SettingsError, TechnicError, ValueError, argparse.ArgumentTypeError) as error:
         print(f"technic scan: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if config.provider == "polygon" and not settings.polygon_api_key:
+        print(f"technic scan: error: {MISSING_KEY_MESSAGE}", file=sys.stderr)
+        return EXIT_USAGE
     workers = settings.max_workers if args.workers is None else args.workers
     if workers < 0:
         print("technic scan: error: --workers must be 0 or more", file=sys.stderr)
@@ -57,6 +61,7 @@ def _scan_command(args: argparse.Namespace) -> int:
     if not view.enabled and not args.no_progress:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     cache_dir = None if args.no_cache or not settings.use_cache else settings.cache_dir
+    polygon = source_from_settings(settings, keep_bars=cache_dir is not None)
     cancel = threading.Event()
     outcome: dict[str, Any] = {}
 
@@ -73,6 +78,7 @@ def _scan_command(args: argparse.Namespace) -> int:
                 executor=executor,
                 cancel=cancel,
                 cache_dir=cache_dir,
+                polygon=polygon,
             )
         except BaseException as error:
             outcome["error"] = error

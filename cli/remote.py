@@ -42,7 +42,7 @@ from technic.cli.exit_codes import (
     EXIT_USAGE,
 )
 from technic.cli.output import format_results, write_output
-from technic.cli.scan_options import scan_config
+from technic.cli.scan_options import MARKET_UNIVERSE, scan_config
 from technic.cli.terminal_view import LiveView, render
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES
 
@@ -422,7 +422,8 @@ def start_body(args: argparse.Namespace) -> dict[str, Any]:
     from technic.server.requests import API_PROVIDERS, START_FIELDS
 
     for name, option in LOCAL_ONLY.items():
-        if getattr(args, name, None) not in (None, False):
+        value = getattr(args, name, None)
+        if value not in (None, False) and not (name == "universe" and value == MARKET_UNIVERSE):
             raise RemoteError(f"{option} applies to a scan run here, not with --server", EXIT_USAGE)
     if args.provider not in API_PROVIDERS:
         raise RemoteError(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from technic.engine.scan_config import PROVIDERS, TRADE_STYLES, ScanConfig
+from technic.engine.scan_config import PROVIDER_ALIASES, PROVIDERS, TRADE_STYLES, ScanConfig
+
+# ``--universe market``: the active US common stocks the polygon provider lists.
+MARKET_UNIVERSE = "market"
 
 
 def positive_int(text: str) -> int:
@@ -38,9 +41,13 @@ def date(text: str) -> dt.date:
 
 def add_scan_arguments(scan: argparse.ArgumentParser) -> None:
     """Every ``technic scan`` option; a local scan and ``--server`` read the same ones."""
-    scan.add_argument("--provider", choices=PROVIDERS, default="sample")
+    scan.add_argument("--provider", choices=(*PROVIDERS, *PROVIDER_ALIASES), default="sample")
     scan.add_argument("--data-dir", help="directory of per-symbol CSV files (csv provider)")
-    scan.add_argument("--universe", help="universe CSV file (symbol/ticker, name, sector, ...)")
+    scan.add_argument(
+        "--universe",
+        help="universe CSV file (symbol/ticker, name, sector, ...), or 'market' (polygon: "
+        "every active US common stock)",
+    )
     scan.add_argument("--symbols", type=positive_int, help="synthetic provider: symbols")
     scan.add_argument("--tickers", nargs="+", metavar="SYMBOL", help="scan only these")
     scan.add_argument("--bars", type=positive_int, default=504, help="synthetic: bars each")
@@ -90,7 +97,8 @@ def scan_config(args: argparse.Namespace) -> ScanConfig:
         target_rr=args.target_rr,
         provider=args.provider,
         data_dir=args.data_dir,
-        universe_file=args.universe,
+        universe_file=None if args.universe == MARKET_UNIVERSE else args.universe,
+        universe="market" if args.universe == MARKET_UNIVERSE else "bundled",
         bars=args.bars,
         seed=args.seed,
         adjusted=args.adjusted,

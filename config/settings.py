@@ -15,6 +15,8 @@ from pathlib import Path
 from platformdirs import user_data_dir
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+POLYGON_DEFAULT_BASE_URL = "https://api.massive.com"
+POLYGON_FREE_PLAN_REQUESTS_PER_MINUTE = 5
 
 
 class SettingsError(ValueError):
@@ -80,10 +82,19 @@ class Settings:
     max_connections: int = 20_000
     max_symbols_cap: int = 100_000
     log_level: str = "INFO"
+    # The Massive (Polygon.io) key: kept out of repr, so a logged Settings never shows it.
+    polygon_api_key: str | None = field(default=None, repr=False)
+    polygon_base_url: str = POLYGON_DEFAULT_BASE_URL
+    polygon_rate_limit: int = POLYGON_FREE_PLAN_REQUESTS_PER_MINUTE
 
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def bars_dir(self) -> Path:
+        """The incremental bar store of network providers (kept with the block cache)."""
+        return self.data_dir / "bars"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -110,4 +121,11 @@ class Settings:
             max_connections=_int(env, "MAX_CONNECTIONS", 20_000, 1, 1_000_000),
             max_symbols_cap=_int(env, "MAX_SYMBOLS_CAP", 100_000, 1, 1_000_000),
             log_level=log_level,
+            polygon_api_key=_optional(env, "POLYGON_API_KEY") or _optional(env, "MASSIVE_API_KEY"),
+            polygon_base_url=(
+                _url(env, "POLYGON_BASE_URL", ("https", "http")) or POLYGON_DEFAULT_BASE_URL
+            ).rstrip("/"),
+            polygon_rate_limit=_int(
+                env, "POLYGON_RATE_LIMIT", POLYGON_FREE_PLAN_REQUESTS_PER_MINUTE, 1, 1_000_000
+            ),
         )

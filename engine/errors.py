@@ -5,6 +5,7 @@ Tree::
     TechnicError
     ├── InvalidConfig (also ValueError)   a ScanConfig field is out of range or unknown
     ├── DataError (also ValueError)       a universe or price source cannot be read
+    │   └── ProviderAccessDenied          the provider refused the API key (401/403)
     ├── WorkerDied                        a worker process of the executor died mid-scan
     └── ScanCancelled                     the caller's cancel event was set
 
@@ -30,6 +31,12 @@ class InvalidConfig(TechnicError, ValueError):
 
 class DataError(TechnicError, ValueError):
     """A data source is missing, unreadable or has no usable rows."""
+
+
+class ProviderAccessDenied(DataError):
+    """The price provider refused the key (or what the key's plan allows): every request
+    would fail the same way, so the scan stops at once. The message names the setting,
+    never its value."""
 
 
 class WorkerDied(TechnicError):

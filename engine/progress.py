@@ -9,7 +9,10 @@ ETA is computed per stage, not as ``elapsed / progress - elapsed`` (which is wro
 as stages run at different speeds): a running stage extrapolates its own throughput; a
 stage that has not started uses a historical prior (seconds per unit) when one is given,
 otherwise the seconds-per-weight observed so far. Without priors, no ETA is given until
-the first unit of work is done, because before that any number would be a guess.
+the first unit of work is done, because before that any number would be a guess. A stage
+whose cost per unit is known in advance (``set_pace``: requests under a rate limit) is never
+estimated faster than that pace, so its ETA is right from its first second, and not fooled
+by a few quick first units.
 
 The tracker is a sans-I/O object: it keeps state and calls ``on_emit(snapshot)``; it never
 sleeps, never touches a socket, and reads time only through the injected clocks.
@@ -118,6 +121,7 @@ class MultiStageProgressTracker:
         self._completed_wall: float | None = None
         self._ended_mono: float | None = None
         self._last_emit_mono: float | None = None
+        self._paces: dict[str, float] = {}
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -134,6 +138,16 @@ class MultiStageProgressTracker:
         if total < 0 or not math.isfinite(total):
             raise ValueError(f"total: must be a finite number >= 0, got {total}")
         self._stage(stage).total = float(total)
+
+    def set_pace(self, stage: str, seconds_per_unit: float) -> None:
+        """A stage's seconds per unit known in advance (a rate limit): its ETA never
+        assumes a faster pace, whatever the first few units took."""
+        if seconds_per_unit < 0 or not math.isfinite(seconds_per_unit):
+            raise ValueError(
+                f"seconds_per_unit: must be a finite number >= 0, got {seconds_per_unit}"
+            )
+        self._stage(stage)
+        self._paces[stage] = float(seconds_per_unit)
 
     def start_stage(self, stage: str, total: float | None = None, message: str = "") -> None:
         if self._started_mono is None:
@@ -277,12 +291,17 @@ class MultiStageProgressTracker:
         """Estimated total seconds per stage, from what was observed or from priors."""
         estimates: dict[str, float] = {}
         for name, record in self._stages.items():
+            pace = self._paces.get(name)
             if record.finished_at is not None:
                 estimates[name] = record.elapsed(now)
-            elif record.status == "running" and record.total and record.current > 0:
-                estimates[name] = record.elapsed(now) * record.total / record.current
-            elif name in self.priors and record.total is not None:
-                estimates[name] = self.priors[name] * record.total
+            elif record.status == "running" and record.total and (record.current > 0 or pace):
+                elapsed = record.elapsed(now)
+                observed = elapsed / record.current if record.current > 0 else 0.0
+                per_unit = max(observed, pace or 0.0)
+                estimates[name] = elapsed + max(record.total - record.current, 0.0) * per_unit
+            elif (name in self.priors or pace) and record.total is not None:
+                per_unit = max(self.priors.get(name, 0.0), pace or 0.0)
+                estimates[name] = per_unit * record.total
         return estimates
 
     def _remaining(self, record: _Stage, estimate: float | None, now: float) -> float | None:

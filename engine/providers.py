@@ -2,9 +2,16 @@
 
 Each provider answers three questions: which symbols exist (``universe``), what exactly
 this dataset is (``identity``, the cache key: the same identity must always mean the same
-bars), and the bars of some symbols (``fetch``, reporting progress per batch of symbols and
-returning per-symbol failures instead of raising). Nothing else in the engine knows where
-data comes from, so a network provider can be added without touching the scan.
+bars), and the bars of some symbols (``fetch``, returning per-symbol failures instead of
+raising). Nothing else in the engine knows where data comes from.
+
+A provider reports its work through the ``StageProgress`` it is given: by default a unit
+is a symbol and the stage's total is the number of symbols; a provider whose work is
+something else (``polygon``: HTTP requests) states its units with ``plan``, and, when it
+knows what a unit costs in advance (a rate limit), the seconds per unit, so that the
+stage's ETA is right before the first unit is done. ``check_cancel`` raises
+``ScanCancelled`` once the scan is cancelled; a provider that waits calls it at least
+every tenth of a second.
 """
 
 from __future__ import annotations
@@ -14,17 +21,19 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 from technic.engine import sample
 from technic.engine.block import PRICE_FIELDS, PriceBlock, Universe
-from technic.engine.errors import DataError
+from technic.engine.errors import DataError, ScanCancelled
 from technic.engine.scan_config import ScanConfig
 from technic.engine.universe import read_universe_file, synthetic_universe
 
-OnFetched = Callable[[int], None]
+if TYPE_CHECKING:
+    from technic.engine.polygon.source import PolygonSource
+
 FETCH_BATCH = 256
 SYNTHETIC_CHUNK = 1000
 SYNTHETIC_END = dt.date(2024, 12, 31)
@@ -36,15 +45,44 @@ class FetchResult:
     failures: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StageProgress:
+    """What a provider tells the scan while it works: units planned, units done, and
+    whether to stop. Without callbacks (``QUIET``) it records nothing and never cancels."""
+
+    on_plan: Callable[[int, str, float | None, str], None] | None = None
+    on_advance: Callable[[int], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+
+    def plan(
+        self, units: int, *, unit: str, seconds_per_unit: float | None = None, detail: str = ""
+    ) -> None:
+        """The stage has ``units`` of ``unit`` in all (said again when the total grows)."""
+        if self.on_plan is not None:
+            self.on_plan(units, unit, seconds_per_unit, detail)
+
+    def advance(self, units: int = 1) -> None:
+        self.check_cancel()
+        if self.on_advance is not None:
+            self.on_advance(units)
+
+    def check_cancel(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise ScanCancelled
+
+
+QUIET = StageProgress()
+
+
 class Provider(Protocol):
-    def universe(self) -> Universe: ...
+    def universe(self, progress: StageProgress = QUIET) -> Universe: ...
 
     def identity(self) -> str: ...
 
-    def fetch(self, symbols: np.ndarray, on_fetched: OnFetched) -> FetchResult: ...
+    def fetch(self, symbols: np.ndarray, progress: StageProgress) -> FetchResult: ...
 
 
-def _gather(source: PriceBlock, symbols: np.ndarray, on_fetched: OnFetched) -> FetchResult:
+def _gather(source: PriceBlock, symbols: np.ndarray, progress: StageProgress) -> FetchResult:
     """Columns of ``source`` for ``symbols``, all-NaN where the source has none."""
     position = {symbol: i for i, symbol in enumerate(source.symbols)}
     columns = np.array([position.get(s, -1) for s in symbols], dtype=np.int64)
@@ -55,7 +93,7 @@ def _gather(source: PriceBlock, symbols: np.ndarray, on_fetched: OnFetched) -> F
         for name in PRICE_FIELDS:
             target = out[name][:, start : start + FETCH_BATCH]
             target[:, present] = source.field(name)[:, part[present]]
-        on_fetched(len(part))
+        progress.advance(len(part))
     failures = {s: "no price data" for s, c in zip(symbols, columns, strict=True) if c < 0}
     return FetchResult(PriceBlock(source.dates, np.asarray(symbols, dtype=object), **out), failures)
 
@@ -63,15 +101,15 @@ def _gather(source: PriceBlock, symbols: np.ndarray, on_fetched: OnFetched) -> F
 class SampleProvider:
     """The bundled real S&P 500 sample."""
 
-    def universe(self) -> Universe:
+    def universe(self, progress: StageProgress = QUIET) -> Universe:
         return sample.load_sample_universe()
 
     def identity(self) -> str:
         stat = sample.SAMPLE_PATH.stat()
         return f"sample:{stat.st_size}:{stat.st_mtime_ns}"
 
-    def fetch(self, symbols: np.ndarray, on_fetched: OnFetched) -> FetchResult:
-        return _gather(sample.load_sample_block(), symbols, on_fetched)
+    def fetch(self, symbols: np.ndarray, progress: StageProgress) -> FetchResult:
+        return _gather(sample.load_sample_block(), symbols, progress)
 
 
 @dataclass(frozen=True)
@@ -87,7 +125,7 @@ class SyntheticProvider:
     seed: int
     end: dt.date = SYNTHETIC_END
 
-    def universe(self) -> Universe:
+    def universe(self, progress: StageProgress = QUIET) -> Universe:
         return synthetic_universe(self.count)
 
     def identity(self) -> str:
@@ -97,7 +135,7 @@ class SyntheticProvider:
         end = np.busday_offset(np.datetime64(self.end, "D"), 0, roll="backward")
         return np.busday_offset(end, np.arange(-self.bars + 1, 1), roll="backward")
 
-    def fetch(self, symbols: np.ndarray, on_fetched: OnFetched) -> FetchResult:
+    def fetch(self, symbols: np.ndarray, progress: StageProgress) -> FetchResult:
         numbers = np.array([int(s[3:]) - 1 for s in symbols], dtype=np.int64)
         out = {name: np.empty((self.bars, len(symbols))) for name in PRICE_FIELDS}
         for chunk in np.unique(numbers // SYNTHETIC_CHUNK):
@@ -106,7 +144,7 @@ class SyntheticProvider:
             local = numbers[wanted] - chunk * SYNTHETIC_CHUNK
             for name in PRICE_FIELDS:
                 out[name][:, wanted] = generated[name][:, local]
-            on_fetched(len(wanted))
+            progress.advance(len(wanted))
         return FetchResult(PriceBlock(self.dates(), np.asarray(symbols, dtype=object), **out))
 
     def _chunk(self, chunk: int) -> dict[str, np.ndarray]:
@@ -162,7 +200,7 @@ class CsvProvider:
                     files[name[: -len(suffix)].upper()] = path
         return files
 
-    def universe(self) -> Universe:
+    def universe(self, progress: StageProgress = QUIET) -> Universe:
         if self.universe_file is not None:
             return read_universe_file(self.universe_file)
         symbols = np.array(sorted(self._files()), dtype=object)
@@ -179,7 +217,7 @@ class CsvProvider:
             digest.update(f"{symbol}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
         return f"csv:{digest.hexdigest()}"
 
-    def fetch(self, symbols: np.ndarray, on_fetched: OnFetched) -> FetchResult:
+    def fetch(self, symbols: np.ndarray, progress: StageProgress) -> FetchResult:
         files = self._files()
         frames: dict[str, pd.DataFrame] = {}
         failures: dict[str, str] = {}
@@ -192,7 +230,7 @@ class CsvProvider:
                     frames[symbol] = self._read(path)
                 except DataError as error:
                     failures[symbol] = str(error)
-            on_fetched(1)
+            progress.advance(1)
         dates = np.unique(np.concatenate([f.index.to_numpy() for f in frames.values()] or [[]]))
         dates = dates.astype("datetime64[D]")
         out = {name: np.full((len(dates), len(symbols)), np.nan) for name in PRICE_FIELDS}
@@ -237,7 +275,13 @@ class CsvProvider:
         return frame
 
 
-def provider_for(config: ScanConfig) -> Provider:
+def provider_for(config: ScanConfig, *, polygon: PolygonSource | None = None) -> Provider:
+    """The provider of ``config``. ``polygon`` is what the polygon provider needs from
+    outside (key, host, rate, bar store), built once per process by the server or CLI."""
+    if config.provider == "polygon":
+        from technic.engine.polygon.provider import PolygonProvider
+
+        return PolygonProvider(config, polygon)
     if config.provider == "synthetic":
         end = config.as_of or SYNTHETIC_END
         return SyntheticProvider(config.max_symbols, config.bars, config.seed, end)
@@ -255,5 +299,5 @@ class _UniverseFileOverSample(SampleProvider):
 
     universe_file: Path
 
-    def universe(self) -> Universe:
+    def universe(self, progress: StageProgress = QUIET) -> Universe:
         return read_universe_file(self.universe_file)

@@ -2,7 +2,8 @@
 
 1. universe_loading (0.05): read the universe, apply the filters. Units: symbols loaded.
 2. data_fetching (0.20): get the bars of the selection, from the block cache when the same
-   data was fetched before. Units: symbols fetched.
+   data was fetched before. Units: symbols fetched, or what the provider says it plans
+   (``polygon``: HTTP requests, with their known pace, so the ETA is right at once).
 3. symbol_scanning (0.70): column ranges of the cached block go to the executor; each
    finished chunk advances the stage by its symbols. Units: symbols scanned.
 4. finalization (0.05): merge, filter by rating, rank, build rows. Units: those 4 steps.
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from technic.engine.block import Universe
@@ -35,10 +36,13 @@ from technic.engine.chunk import ChunkJob, ChunkResult, scan_chunk
 from technic.engine.errors import InvalidConfig, ScanCancelled, WorkerDied
 from technic.engine.fields import NUMERIC_FIELDS, ROW_FIELDS
 from technic.engine.progress import MultiStageProgressTracker, Snapshot
-from technic.engine.providers import Provider, provider_for
+from technic.engine.providers import Provider, StageProgress, provider_for
 from technic.engine.rating import signal
 from technic.engine.scan_config import ScanConfig
 from technic.engine.universe import select
+
+if TYPE_CHECKING:
+    from technic.engine.polygon.source import PolygonSource
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,12 @@ def run_scan(
     scan_id: str | None = None,
     progress_interval_s: float = 0.1,
     max_chunks_in_flight: int | None = None,
+    polygon: PolygonSource | None = None,
 ) -> ScanResult:
     """Run one scan. ``executor`` None runs chunks inline; ``cache_dir`` None caches nothing.
+
+    ``polygon`` is the polygon provider's key, host, shared rate limiter and bar store
+    (``polygon.source_from_settings``); without it that provider refuses to start.
 
     ``priors`` (seconds per unit per stage, from past scans) make the first ETA realistic.
     ``max_chunks_in_flight`` bounds this scan's share of a shared pool (default: twice
@@ -118,10 +126,12 @@ def run_scan(
 
     try:
         with _block_store(cache_dir) as (store, persistent):
-            selection = _load_universe(config, tracker)
+            selection = _load_universe(
+                config, tracker, provider_for(config, polygon=polygon), cancel
+            )
             check_cancel()
             block_path, cache_hit = _fetch(
-                config, selection, tracker, store, persistent, check_cancel
+                selection, tracker, store, persistent, provider_for(config, polygon=polygon), cancel
             )
             chunks = _scan_symbols(
                 config, block_path, tracker, executor, check_cancel, max_chunks_in_flight
@@ -186,13 +196,62 @@ def _block_store(cache_dir: Path | None) -> Iterator[tuple[BlockCache, bool]]:
         yield BlockCache(Path(scratch)), False
 
 
-def _load_universe(config: ScanConfig, tracker: MultiStageProgressTracker) -> _Selection:
+class _StageUnits:
+    """A provider's reports for one stage, turned into the tracker's units and messages.
+
+    Until the provider plans (``StageProgress.plan``), a unit is a symbol and the total is
+    what the scan set; after, the provider's units (requests), total and known pace.
+    """
+
+    def __init__(
+        self,
+        tracker: MultiStageProgressTracker,
+        stage: str,
+        doing: str,
+        done: str,
+        total: int,
+        cancel: CancelEvent | None,
+    ) -> None:
+        self.tracker = tracker
+        self.stage = stage
+        self.doing_text, self.done_text = doing, done
+        self.total = total
+        self.unit = "symbols"
+        self.done = 0
+        self.planned = False
+        self.progress = StageProgress(
+            on_plan=self._plan,
+            on_advance=self._advance,
+            cancelled=cancel.is_set if cancel is not None else None,
+        )
+
+    def _plan(self, units: int, unit: str, seconds_per_unit: float | None, detail: str) -> None:
+        self.planned = True
+        self.total, self.unit = units, unit
+        self.tracker.set_total(self.stage, units)
+        if seconds_per_unit is not None:
+            self.tracker.set_pace(self.stage, seconds_per_unit)
+        self.tracker.update(self.stage, self.done, f"{self.doing_text} {detail} ({units} {unit})")
+
+    def _advance(self, units: int) -> None:
+        self.done += units
+        message = f"{self.done_text} {self.done} of {self.total} {self.unit}"
+        self.tracker.update(self.stage, self.done, message)
+
+
+def _load_universe(
+    config: ScanConfig,
+    tracker: MultiStageProgressTracker,
+    provider: Provider,
+    cancel: CancelEvent | None,
+) -> _Selection:
     stage = "universe_loading"
     tracker.start_stage(stage, message="Loading universe")
-    provider = provider_for(config)
-    universe = provider.universe()
-    tracker.set_total(stage, len(universe))
-    tracker.update(stage, len(universe), f"Loaded {len(universe)} symbols")
+    units = _StageUnits(tracker, stage, "Loading universe:", "Universe:", 0, cancel)
+    universe = provider.universe(units.progress)
+    if not units.planned:
+        tracker.set_total(stage, len(universe))
+        tracker.update(stage, len(universe), f"Loaded {len(universe)} symbols")
     chosen, missing = select(
         universe,
         sectors=config.sectors,
@@ -210,34 +269,25 @@ def _load_universe(config: ScanConfig, tracker: MultiStageProgressTracker) -> _S
 
 
 def _fetch(
-    config: ScanConfig,
     selection: _Selection,
     tracker: MultiStageProgressTracker,
     store: BlockCache,
     persistent: bool,
-    check_cancel: Callable[[], None],
+    provider: Provider,
+    cancel: CancelEvent | None,
 ) -> tuple[Path, bool]:
     stage = "data_fetching"
     symbols = selection.universe.symbols
     tracker.start_stage(stage, total=len(symbols), message="Fetching price data")
-    provider: Provider = provider_for(config)
     key = cache_key(provider.identity(), [str(s) for s in symbols])
     cached = store.get(key) if persistent else None
     if cached is not None:
         tracker.update(stage, len(symbols), f"Loaded {len(symbols)} symbols from cache")
         tracker.complete_stage(stage)
         return cached, True
-
-    fetched_count = 0
-
-    def on_fetched(count: int) -> None:
-        nonlocal fetched_count
-        check_cancel()
-        fetched_count += count
-        tracker.update(stage, fetched_count, f"Fetched {fetched_count} of {len(symbols)}")
-
-    fetched = provider.fetch(symbols, on_fetched)
-    check_cancel()
+    units = _StageUnits(tracker, stage, "Fetching", "Fetched", len(symbols), cancel)
+    fetched = provider.fetch(symbols, units.progress)
+    units.progress.check_cancel()
     path = store.put(key, fetched.block, fetched.failures)
     tracker.complete_stage(stage, f"Fetched {len(symbols)} symbols")
     return path, False

@@ -15,10 +15,14 @@ from typing import Any, Literal
 
 from technic.engine.errors import InvalidConfig
 
-Provider = Literal["sample", "synthetic", "csv"]
+Provider = Literal["sample", "synthetic", "csv", "polygon"]
 TradeStyle = Literal["day", "swing", "position"]
+UniverseSource = Literal["bundled", "market"]
 
-PROVIDERS: tuple[str, ...] = ("sample", "synthetic", "csv")
+PROVIDERS: tuple[str, ...] = ("sample", "synthetic", "csv", "polygon")
+# Polygon.io now operates as Massive: same API, same keys, either name is accepted.
+PROVIDER_ALIASES: dict[str, str] = {"massive": "polygon"}
+UNIVERSES: tuple[str, ...] = ("bundled", "market")
 TRADE_STYLES: tuple[str, ...] = ("day", "swing", "position")
 MAX_SYMBOLS_LIMIT = 1_000_000
 MIN_BARS = 20
@@ -60,6 +64,8 @@ class ScanConfig:
     synthetic provider it is the number of generated symbols). ``lookback_bars`` is how
     much history the indicators see: 504 bars (two years) gives SMA 200 and the 52-week
     high room to settle. ``risk_pct`` is a percent of ``account_size`` risked per trade.
+    ``universe`` "market" (polygon only) scans the active US common stocks the provider
+    lists instead of the bundled constituents.
     """
 
     max_symbols: int = 6000
@@ -79,6 +85,7 @@ class ScanConfig:
     bars: int = 504
     seed: int = 7
     adjusted: bool = False
+    universe: UniverseSource = "bundled"
 
     def __post_init__(self) -> None:
         _number("max_symbols", self.max_symbols, 1, MAX_SYMBOLS_LIMIT, integer=True)
@@ -95,8 +102,19 @@ class ScanConfig:
         if symbols is not None:
             symbols = tuple(dict.fromkeys(s.upper() for s in symbols))
         object.__setattr__(self, "symbols", symbols)
-        if self.provider not in PROVIDERS:
-            raise InvalidConfig("provider", f"must be one of {', '.join(PROVIDERS)}")
+        provider = PROVIDER_ALIASES.get(self.provider, self.provider)
+        if provider not in PROVIDERS:
+            names = ", ".join((*PROVIDERS, *PROVIDER_ALIASES))
+            raise InvalidConfig("provider", f"must be one of {names}")
+        object.__setattr__(self, "provider", provider)
+        if self.universe not in UNIVERSES:
+            raise InvalidConfig("universe", f"must be one of {', '.join(UNIVERSES)}")
+        if self.universe == "market" and self.provider != "polygon":
+            raise InvalidConfig("universe", "the market universe needs the polygon provider")
+        if self.universe == "market" and self.universe_file:
+            raise InvalidConfig(
+                "universe", "a universe file and the market universe exclude each other"
+            )
         if self.trade_style not in TRADE_STYLES:
             raise InvalidConfig("trade_style", f"must be one of {', '.join(TRADE_STYLES)}")
         object.__setattr__(self, "as_of", _date("as_of", self.as_of))

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 from technic.config import Settings
 from technic.engine.errors import DataError, InvalidConfig
+from technic.engine.polygon.source import MISSING_KEY_MESSAGE, source_from_settings
 from technic.engine.progress import TERMINAL_STATUSES
 from technic.engine.providers import provider_for
 from technic.engine.universe import select
@@ -182,8 +183,9 @@ def _check_connections(request: web.Request) -> None:
 
 
 def _validate_universe(config: Any) -> None:
-    """Unknown sectors and industries are a 400 now, not a failed scan later."""
-    if not (config.sectors or config.industries):
+    """Unknown sectors and industries are a 400 now, not a failed scan later (the market
+    universe is listed by the provider, so the scan checks them)."""
+    if not (config.sectors or config.industries) or config.universe == "market":
         return
     universe = provider_for(config).universe()
     try:
@@ -218,8 +220,10 @@ async def start_scan(request: web.Request) -> web.Response:
     body = await request.read()
     settings = request.app[SETTINGS]
     start = parse_start(body, max_symbols_cap=settings.max_symbols_cap)
-    await asyncio.to_thread(_validate_universe, start.config)
     jobs = request.app[JOBS]
+    if start.config.provider == "polygon" and jobs.polygon is None:
+        raise RequestError(MISSING_KEY_MESSAGE, field="provider")
+    await asyncio.to_thread(_validate_universe, start.config)
     try:
         job = await jobs.submit(start.config)
     except QueueFull as error:
@@ -493,6 +497,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         cache_dir=settings.cache_dir if settings.use_cache else None,
         max_concurrent_scans=settings.max_concurrent_scans,
         max_queued_scans=settings.max_queued_scans,
+        polygon=source_from_settings(settings, keep_bars=settings.use_cache),
     )
     jobs.start()
     app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
+from technic.engine.polygon.source import PolygonSource
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
 from technic.engine.workers import WorkerPool
 from technic.server.hub import Hub
@@ -71,6 +72,7 @@ class JobManager:
         max_concurrent_scans: int,
         max_queued_scans: int,
         progress_interval_s: float = 0.1,
+        polygon: PolygonSource | None = None,
     ) -> None:
         self.repository = repository
         self.hub = hub
@@ -80,6 +82,8 @@ class JobManager:
         self.max_concurrent_scans = max_concurrent_scans
         self.max_queued_scans = max_queued_scans
         self.progress_interval_s = progress_interval_s
+        # built once, so every scan shares the key's rate limiter (None: no key set)
+        self.polygon = polygon
         self.accepting = True
         self.scans_by_status: dict[str, int] = {}
         self.stage_seconds: dict[str, list[float]] = {}
@@ -263,6 +267,7 @@ class JobManager:
             priors=priors,
             scan_id=job.scan_id,
             progress_interval_s=self.progress_interval_s,
+            polygon=self.polygon,
         )
         started = time.monotonic()
         try:

@@ -15,7 +15,7 @@ import orjson
 from technic.engine.errors import InvalidConfig
 from technic.engine.scan_config import ScanConfig
 
-API_PROVIDERS = ("sample", "synthetic")
+API_PROVIDERS = ("sample", "synthetic", "polygon", "massive")
 START_FIELDS = (
     "max_symbols",
     "min_tech_rating",
@@ -31,6 +31,7 @@ START_FIELDS = (
     "bars",
     "seed",
     "lookback_bars",
+    "universe",
 )
 DEFAULT_API_MAX_SYMBOLS = 50
 
