@@ -74,6 +74,7 @@ class _Stage:
     percent: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    first_unit_at: float | None = None
 
     def elapsed(self, now: float) -> float:
         if self.started_at is None:
@@ -172,6 +173,8 @@ class MultiStageProgressTracker:
         record = self._stage(stage)
         if record.status != "running":
             raise ValueError(f"stage {stage} is {record.status}, not running")
+        if record.current == 0 and current > 0:
+            record.first_unit_at = self.clock()
         record.current = max(record.current, float(current))
         if record.total:
             fraction = min(record.current / record.total, 1.0)
@@ -296,9 +299,15 @@ class MultiStageProgressTracker:
                 estimates[name] = record.elapsed(now)
             elif record.status == "running" and record.total and (record.current > 0 or pace):
                 elapsed = record.elapsed(now)
-                observed = elapsed / record.current if record.current > 0 else 0.0
-                per_unit = max(observed, pace or 0.0)
-                estimates[name] = elapsed + max(record.total - record.current, 0.0) * per_unit
+                left = max(record.total - record.current, 0.0)
+                if pace is None:
+                    per_unit = elapsed / record.current
+                elif record.current >= 2 and record.first_unit_at is not None:
+                    # units after the first: the wait for the first answer is paid once
+                    per_unit = max(pace, (now - record.first_unit_at) / (record.current - 1))
+                else:
+                    per_unit = pace
+                estimates[name] = elapsed + left * per_unit
             elif (name in self.priors or pace) and record.total is not None:
                 per_unit = max(self.priors.get(name, 0.0), pace or 0.0)
                 estimates[name] = per_unit * record.total

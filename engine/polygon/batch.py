@@ -20,6 +20,9 @@ from technic.engine.polygon.client import Aborted, Dispatcher, PolygonClient, Re
 from technic.engine.providers import StageProgress
 
 POLL_S = 0.1
+# After the last answer, a cancel or a refused key: how long threads still in a request
+# may take to finish it (cancelling must take effect within a second).
+CLOSE_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class RequestBatch:
                 self.progress.advance(1)
                 on_idle()
         finally:
-            dispatcher.close()
+            dispatcher.close(CLOSE_WAIT_S)
 
     def _announce(self) -> None:
         self.progress.plan(

@@ -306,8 +306,8 @@ class Dispatcher:
 
     The caller submits, then polls ``next_outcome`` with a short timeout so it can check
     for cancellation between outcomes. An exception raised by a callable is its outcome.
-    ``close`` sets ``abort`` (every limiter wait and backoff in flight ends) and lets the
-    threads finish on their own; none of them is waited for.
+    ``close`` sets ``abort`` (every limiter wait and backoff in flight ends) and gives the
+    threads a moment to close their connections.
     """
 
     def __init__(
@@ -339,10 +339,15 @@ class Dispatcher:
         except queue.Empty:
             return None
 
-    def close(self) -> None:
+    def close(self, wait_s: float) -> None:
+        """Stop: waits and backoffs end at once; a thread still in a request gets up to
+        ``wait_s`` (in all) to finish it and close its connection, then is left to it."""
         self.abort.set()
         for _ in self._threads:
             self._tasks.put(None)
+        deadline = time.monotonic() + wait_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         try:

@@ -34,6 +34,7 @@ from technic.engine.block import PRICE_FIELDS, PriceBlock, Universe
 from technic.engine.errors import DataError
 from technic.engine.polygon.batch import Request, RequestBatch
 from technic.engine.polygon.calendar import (
+    NEW_YORK,
     bar_date,
     is_session,
     last_final_session,
@@ -58,8 +59,10 @@ from technic.engine.universe import read_universe_file
 log = logging.getLogger(__name__)
 
 # Per-symbol requests reach this many sessions before the window, at no extra cost, so a
-# closure the calendar does not know still leaves a full window of bars.
+# closure the calendar does not know still leaves a full window of bars; but not further
+# back than the free plan's history (two years), which answers an older day with a 403.
 MARGIN_SESSIONS = 10
+FREE_PLAN_HISTORY = dt.timedelta(days=730)
 MAX_ROUNDS = 4
 # More sessions than this answered without results in one round is not a run of closures
 # the calendar missed but a provider without that history (a plan's limit, a stand-in):
@@ -81,9 +84,15 @@ def range_path(symbol: str, start: dt.date, end: dt.date) -> str:
     return f"/v2/aggs/ticker/{quote(symbol, safe='')}/range/1/day/{start}/{end}"
 
 
-def _number(bar: dict[str, Any], key: str) -> float:
-    value = bar.get(key)
-    return float(value) if isinstance(value, int | float) else float("nan")
+def _column(bars: list[dict[str, Any]], key: str) -> np.ndarray:
+    """One field of many bars as float64, NaN where a bar lacks it (or has no number)."""
+    values = [bar.get(key) for bar in bars]
+    try:
+        return np.array(values, dtype=np.float64)  # None becomes NaN
+    except (TypeError, ValueError):
+        return np.array(
+            [float(v) if isinstance(v, int | float) else np.nan for v in values], np.float64
+        )
 
 
 def _differs(stored: dict[str, np.ndarray], fetched: dict[str, np.ndarray]) -> np.ndarray:
@@ -168,6 +177,7 @@ class _Fetch:
         self.column = {str(s): i for i, s in enumerate(self.symbols)}
         self.batch = RequestBatch(source.client, progress)
         self.end = provider.end_day(source, store.view())
+        self.history_floor = source.now().astimezone(NEW_YORK).date() - FREE_PLAN_HISTORY
         self.failed_symbols: dict[str, str] = {}
         self.failed_days: dict[dt.date, str] = {}
         self.empty_days: list[dt.date] = []
@@ -192,8 +202,10 @@ class _Fetch:
         return sessions_ending(self.end, self.config.lookback_bars, view.closed_days)
 
     def _fetch_start(self, view: StoreView) -> dt.date:
+        window_start = self._window(view)[0]
         count = self.config.lookback_bars + MARGIN_SESSIONS
-        return sessions_ending(self.end, count, view.closed_days)[0]
+        margin_start = sessions_ending(self.end, count, view.closed_days)[0]
+        return max(margin_start, min(window_start, self.history_floor))
 
     def _round(self, plan: Plan, view: StoreView, window: list[dt.date]) -> None:
         round_ns = time.time_ns()
@@ -265,7 +277,7 @@ class _Fetch:
         if not named:
             self.empty_days.append(day)
             return
-        rows = {name: [_number(b, key) for b in named] for name, key in _BAR_KEYS.items()}
+        rows = {name: _column(named, key) for name, key in _BAR_KEYS.items()}
         day_bars = DayBars.build(day, [b["T"] for b in named], rows)
         changed = self._changed_on_day(day_bars, view.day_bars(day), stored, row_of.get(day))
         if changed:
@@ -284,7 +296,7 @@ class _Fetch:
         changed: set[str] = set()
         if len(fetched.symbols) == 0:
             return changed
-        if row is not None:
+        if row is not None and np.isfinite(stored["close"][row]).any():
             wanted = self.symbols.astype(str)
             at = np.minimum(np.searchsorted(fetched.symbols, wanted), len(fetched.symbols) - 1)
             present = fetched.symbols[at] == wanted
@@ -320,7 +332,7 @@ class _Fetch:
         inside = [start <= d <= self.end for d in days]
         timed = [b for b, keep in zip(timed, inside, strict=True) if keep]
         numbers = [day_number(d) for d, keep in zip(days, inside, strict=True) if keep]
-        rows = {name: [_number(b, key) for b in timed] for name, key in _BAR_KEYS.items()}
+        rows = {name: _column(timed, key) for name, key in _BAR_KEYS.items()}
         fetched = SymbolBars.build(symbol, numbers, rows)
         column = self.column[symbol]
         window_numbers = np.array([day_number(d) for d in window], dtype=np.int64)

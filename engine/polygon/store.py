@@ -76,7 +76,7 @@ class DayBars:
     values: dict[str, np.ndarray]  # PRICE_FIELDS -> float64 [n]
 
     @classmethod
-    def build(cls, day: dt.date, symbols: list[str], rows: dict[str, list[float]]) -> DayBars:
+    def build(cls, day: dt.date, symbols: list[str], rows: dict[str, Any]) -> DayBars:
         names = np.array(symbols, dtype=str) if symbols else np.array([], dtype="U1")
         order = np.argsort(names, kind="stable")
         values = {k: np.asarray(rows[k], dtype=np.float64)[order] for k in PRICE_FIELDS}
@@ -92,7 +92,7 @@ class SymbolBars:
     values: dict[str, np.ndarray]
 
     @classmethod
-    def build(cls, symbol: str, days: list[int], rows: dict[str, list[float]]) -> SymbolBars:
+    def build(cls, symbol: str, days: list[int], rows: dict[str, Any]) -> SymbolBars:
         numbers = np.asarray(days, dtype=np.int64)
         order = np.argsort(numbers, kind="stable")
         values = {k: np.asarray(rows[k], dtype=np.float64)[order] for k in PRICE_FIELDS}
