@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from technic.engine.progress import format_eta
+from technic.engine.progress import STAGE_UNITS, format_eta
 
 STAGE_LABELS = {
     "universe_loading": "Universe Loading",
@@ -25,12 +25,6 @@ STATUS_ICONS = {
     "pending": "⏸️",
     "failed": "❌",
     "skipped": "⏭️",
-}
-STAGE_UNITS = {
-    "universe_loading": "symbols",
-    "data_fetching": "symbols",
-    "symbol_scanning": "symbols",
-    "finalization": "steps",
 }
 BAR_WIDTH = 30
 
@@ -64,7 +58,8 @@ def render(snapshot: dict[str, Any]) -> list[str]:
         total = stage.get("total")
         if total:
             parts.append(
-                f"{int(stage.get('current') or 0)}/{int(total)} {STAGE_UNITS.get(name, '')}"
+                f"{int(stage.get('current') or 0)}/{int(total)} "
+                f"{stage.get('unit') or STAGE_UNITS.get(name, '')}"
             )
         if stage.get("throughput"):
             parts.append(f"{stage['throughput']:.1f}/s")

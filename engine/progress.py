@@ -45,6 +45,14 @@ SCAN_STAGES: tuple[tuple[str, float], ...] = (
 )
 
 Snapshot = dict[str, Any]
+# What a stage counts unless it says otherwise (``set_total(..., unit=)``: a network
+# provider's data_fetching counts requests).
+STAGE_UNITS = {
+    "universe_loading": "symbols",
+    "data_fetching": "symbols",
+    "symbol_scanning": "symbols",
+    "finalization": "steps",
+}
 
 
 def format_eta(seconds: float | None) -> str | None:
@@ -75,6 +83,7 @@ class _Stage:
     started_at: float | None = None
     finished_at: float | None = None
     first_unit_at: float | None = None
+    unit: str = "units"
 
     def elapsed(self, now: float) -> float:
         if self.started_at is None:
@@ -111,7 +120,10 @@ class MultiStageProgressTracker:
             raise ValueError(f"stages: weights must be >= 0 and sum to 1, got {sum(weights)}")
         if self.min_interval_s < 0:
             raise ValueError("min_interval_s: must be >= 0")
-        self._stages = {name: _Stage(name, weight) for name, weight in self.stages}
+        self._stages = {
+            name: _Stage(name, weight, unit=STAGE_UNITS.get(name, "units"))
+            for name, weight in self.stages
+        }
         self._status: ScanStatus = "pending"
         self._current: str | None = None
         self._message = ""
@@ -134,11 +146,15 @@ class MultiStageProgressTracker:
         self._message = message
         self._emit(force=True)
 
-    def set_total(self, stage: str, total: float) -> None:
-        """Declare how many units a stage has (may be called before the stage starts)."""
+    def set_total(self, stage: str, total: float, *, unit: str | None = None) -> None:
+        """Declare how many units a stage has (may be called before the stage starts),
+        and what a unit is when it is not the stage's usual one."""
         if total < 0 or not math.isfinite(total):
             raise ValueError(f"total: must be a finite number >= 0, got {total}")
-        self._stage(stage).total = float(total)
+        record = self._stage(stage)
+        record.total = float(total)
+        if unit is not None:
+            record.unit = unit
 
     def set_pace(self, stage: str, seconds_per_unit: float) -> None:
         """A stage's seconds per unit known in advance (a rate limit): its ETA never
@@ -257,6 +273,7 @@ class MultiStageProgressTracker:
                 "duration": elapsed if record.started_at is not None else None,
                 "throughput": throughput,
                 "eta": remaining,
+                "unit": record.unit,
             }
         overall_eta = self._overall_eta(estimates, now)
         current = stages.get(self._current) if self._current else None

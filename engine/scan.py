@@ -228,7 +228,7 @@ class _StageUnits:
     def _plan(self, units: int, unit: str, seconds_per_unit: float | None, detail: str) -> None:
         self.planned = True
         self.total, self.unit = units, unit
-        self.tracker.set_total(self.stage, units)
+        self.tracker.set_total(self.stage, units, unit=unit)
         if seconds_per_unit is not None:
             self.tracker.set_pace(self.stage, seconds_per_unit)
         self.tracker.update(self.stage, self.done, f"{self.doing_text} {detail} ({units} {unit})")

@@ -290,7 +290,8 @@ class JobManager:
         try:
             return dict(
                 await asyncio.wait_for(
-                    self.repository.eta_priors(config.max_symbols), PRIORS_TIMEOUT_S
+                    self.repository.eta_priors(config.max_symbols, provider=config.provider),
+                    PRIORS_TIMEOUT_S,
                 )
             )
         except (StorageError, TimeoutError):

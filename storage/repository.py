@@ -659,14 +659,21 @@ class Repository:
 
     @db_call("ETA priors")
     async def eta_priors(
-        self, universe_size: int, last_n: int = 10, *, size_ratio: float = 2.0
+        self,
+        universe_size: int,
+        last_n: int = 10,
+        *,
+        size_ratio: float = 2.0,
+        provider: str | None = None,
     ) -> dict[StageName, float]:
         """Seconds per unit of work per stage, from the last ``last_n`` similar completed scans.
 
-        "Similar" is a universe within a factor ``size_ratio`` of ``universe_size``; stages
-        without data are absent, so the tracker falls back to measuring. Summing seconds and
-        units over the scans (rather than averaging per-scan rates) weights big scans more,
-        which is what a time estimate needs.
+        "Similar" is a universe within a factor ``size_ratio`` of ``universe_size`` and, when
+        ``provider`` is given, the same provider: a network provider fetches at its rate
+        limit (seconds a request), the bundled sample in milliseconds. Stages without data
+        are absent, so the tracker falls back to measuring. Summing seconds and units over
+        the scans (rather than averaging per-scan rates) weights big scans more, which is
+        what a time estimate needs.
         """
         size = _count("universe_size", universe_size)
         if size is None:
@@ -681,6 +688,7 @@ class Repository:
             WITH recent AS (
                 SELECT id FROM scans
                 WHERE status = 'completed' AND universe_size BETWEEN $1 AND $2
+                    AND ($4::text IS NULL OR config->>'provider' = $4::text)
                 ORDER BY finished_at DESC
                 LIMIT $3
             )
@@ -692,6 +700,7 @@ class Repository:
             low,
             min(high, 2**31 - 1),
             last_n,
+            provider,
         )
         found = {r["stage"]: r["seconds_per_unit"] for r in records}
         return {stage: found[stage] for stage in STAGES if stage in found}

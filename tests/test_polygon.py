@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from technic.cli.terminal_view import render
 from technic.engine.errors import ProviderAccessDenied
 from technic.engine.polygon.calendar import NEW_YORK, is_session, sessions_ending
 from technic.engine.polygon.client import PolygonClient
@@ -325,6 +326,8 @@ def test_the_fetch_stage_eta_at_its_start_is_the_time_it_takes(
     assert eta == pytest.approx(12 * 0.25, rel=0.05)
     assert abs(eta - took) <= 0.25 * took, (eta, took)
     assert "12 symbols (12 requests)" in planned["message"]
+    assert planned["stages"]["data_fetching"]["unit"] == "requests"
+    assert "0/12 requests" in "\n".join(render(planned))
 
 
 def test_a_free_plan_fetch_of_504_days_says_1h_41m_from_its_first_second() -> None:
@@ -473,3 +476,25 @@ def test_the_key_is_in_no_log_line_message_snapshot_or_file(
     assert len(files) > 50
     for path in files:
         assert KEY.encode() not in path.read_bytes(), path
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_polygon_settings_defaults_aliases_and_errors() -> None:
+    from technic.config import Settings, SettingsError
+
+    default = Settings.from_env({})
+    assert (default.polygon_api_key, default.polygon_base_url, default.polygon_rate_limit) == (
+        None,
+        "https://api.massive.com",
+        5,
+    )
+    massive = Settings.from_env({"MASSIVE_API_KEY": KEY, "POLYGON_BASE_URL": "http://h:1/"})
+    assert massive.polygon_api_key == KEY and massive.polygon_base_url == "http://h:1"
+    assert KEY not in repr(massive)
+    for name, value in (("POLYGON_RATE_LIMIT", "0"), ("POLYGON_RATE_LIMIT", "fast"),
+                        ("POLYGON_BASE_URL", "api.massive.com")):  # fmt: skip
+        with pytest.raises(SettingsError) as bad:
+            Settings.from_env({name: value})
+        assert bad.value.name == name

@@ -284,3 +284,26 @@ async def test_eta_priors_argument_checks(module_repository: Repository) -> None
             await repo.eta_priors(500, last_n=last_n)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="size_ratio"):
         await repo.eta_priors(500, size_ratio=0.5)
+
+
+async def test_eta_priors_come_from_scans_of_the_same_provider(
+    module_repository: Repository,
+) -> None:
+    """A polygon scan fetches at the provider's rate limit (12 s a request on the free plan):
+    its data_fetching must not become the prior of a sample scan, nor the other way round."""
+    repo = module_repository
+    scans = [
+        {"id": uuid4(), "status": "completed", "size": 50,
+         "finished_at": NOW - timedelta(minutes=i), "stages": {
+             "data_fetching": ("completed", seconds, 50)}}
+        for i, seconds in enumerate((600.0, 0.05))
+    ]  # fmt: skip
+    await seed(repo, scans)
+    async with repo.pool.acquire() as conn:
+        for scan, provider in zip(scans, ("polygon", "sample"), strict=True):
+            sql = "UPDATE scans SET config = $2 WHERE id = $1"
+            await conn.execute(sql, scan["id"], {"provider": provider})
+    sample = await repo.eta_priors(50, provider="sample")
+    polygon = await repo.eta_priors(50, provider="polygon")
+    assert sample["data_fetching"] == pytest.approx(0.05 / 50)
+    assert polygon["data_fetching"] == pytest.approx(600.0 / 50)

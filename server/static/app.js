@@ -751,15 +751,16 @@ function scanView(scanId) {
     setProgress(row.bar, percent, `${fmtPercent(percent)} ${STAGE_STATUS_TEXT[status] || status}`);
     setText(row.pct, fmtPercent(percent));
     const total = data.total;
+    const unit = data.unit || stage.unit; // data_fetching counts requests for a network provider
     setText(
       row.units,
       total !== null && total !== undefined
-        ? `${fmtInt(data.current || 0)}/${fmtInt(total)} ${stage.unit}`
+        ? `${fmtInt(data.current || 0)}/${fmtInt(total)} ${unit}`
         : data.current
-          ? `${fmtInt(data.current)} ${stage.unit}`
+          ? `${fmtInt(data.current)} ${unit}`
           : "",
     );
-    setText(row.rate, data.throughput ? `${fmtRate(data.throughput).replace("/s", "")} ${stage.unit}/s` : "");
+    setText(row.rate, data.throughput ? `${fmtRate(data.throughput).replace("/s", "")} ${unit}/s` : "");
     let time = "";
     if (status === "running") time = Number.isFinite(data.eta) ? `ETA ${fmtDuration(data.eta)}` : "ETA –";
     else if (status !== "pending" && Number.isFinite(data.duration))
@@ -826,8 +827,9 @@ function throughputText(snapshot) {
     if (scanned && snapshot.elapsed_seconds > 0) rate = scanned / snapshot.elapsed_seconds;
   } else {
     const current = STAGE_BY_KEY[snapshot.current_stage];
-    if (current && current.unit === "symbols") rate = snapshot.stage_throughput;
-    else rate = stages.symbol_scanning?.throughput; // finalization counts steps, not symbols
+    const unit = stages[snapshot.current_stage]?.unit || current?.unit;
+    if (unit === "symbols") rate = snapshot.stage_throughput;
+    else rate = stages.symbol_scanning?.throughput; // steps or requests, not symbols
   }
   return rate ? `${fmtRate(rate).replace("/s", "")} symbols/s` : "–";
 }
