@@ -105,7 +105,7 @@ def test_scan_csv_to_a_file(tmp_path: Path) -> None:
         (["--max-symbols", "many"], "--max-symbols: must be a whole number"),
         (["--min-tech-rating", "120"], "min_tech_rating: must be between 0 and 100"),
         (["--sectors", "Crypto"], "unknown sectors 'Crypto'; valid: "),
-        (["--provider", "polygon"], "invalid choice: 'polygon'"),
+        (["--provider", "yahoo"], "invalid choice: 'yahoo'"),
         (["--as-of", "2017-02-30"], "must be a date as YYYY-MM-DD"),
         (["--as-of", "1999-01-01"], "before the first date of the data"),
         (["--symbols", "10"], "--symbols applies to --provider synthetic only"),
