@@ -255,7 +255,9 @@ def test_a_grouped_day_that_keeps_failing_is_a_failure_row_named_by_its_date(
     assert reasons["2017-08-09"] == (
         "bars of every symbol for 2017-08-09: HTTP 500 after 4 attempts"
     )
+    assert sum(r.path.endswith("/2017-08-09") for r in standin.bar_requests()) == 4
     assert len(result.rows) > 450
+    assert {row["as_of"] for row in result.rows} == {"2017-08-11"}
 
 
 def test_a_wrong_key_fails_the_scan_at_once_naming_the_setting(
@@ -307,6 +309,39 @@ def test_cancel_takes_effect_while_the_rate_limiter_holds_requests(
     standin.reset_log()
     polygon_scan(make_source(standin, tmp_path), tmp_path, max_symbols=5)
     assert len(standin.bar_requests()) == 4
+
+
+def test_concurrent_scans_share_the_rate_limit_and_the_store(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """Two scans of one process (the server runs several) pace their requests together
+    (the provider limits the key, not the scan), and write the same store safely."""
+    source = make_source(standin, tmp_path, rate=600)  # one request every 0.1 s
+    results: dict[str, ScanResult] = {}
+
+    def scan(name: str, symbols: tuple[str, ...]) -> None:
+        results[name] = polygon_scan(source, tmp_path, symbols=symbols)
+
+    first = ("AAPL", "MSFT", "XOM", "JPM", "GE", "T", "KO", "PFE")
+    second = ("AMZN", "GOOGL", "WMT", "CVX", "INTC", "CSCO", "MRK", "BA")
+    threads = [
+        threading.Thread(target=scan, args=("first", first)),
+        threading.Thread(target=scan, args=("second", second)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    arrivals = sorted(r.at for r in standin.bar_requests())
+    assert len(arrivals) == 16
+    # never faster than the limit, whichever scan sent them (arrivals may bunch a little)
+    assert arrivals[-1] - arrivals[0] >= 0.9 * 15 * 0.1
+    assert {r["symbol"] for r in results["first"].rows} == set(first)
+    assert {r["symbol"] for r in results["second"].rows} == set(second)
+    standin.reset_log()
+    both = polygon_scan(make_source(standin, tmp_path), tmp_path, symbols=first + second)
+    assert standin.bar_requests() == []
+    assert len(both.rows) == 16
 
 
 # -- progress --------------------------------------------------------------------------------
