@@ -135,15 +135,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(error.status, error.reason, context=context)
     except web.RequestPayloadError as error:  # e.g. a gzip Content-Encoding on a plain body
         return error_response(400, *describe_protocol_error(error), context=context)
-    except ConnectionResetError:
-        # The client left while we read its body: nobody is there to answer, nothing to log.
-        log.debug("client left during %s", context)
-        return json_response({"error": "client disconnected", "field": None}, status=400)
     except InvalidInput as error:
         return error_response(400, error.message, error.field, context=context)
     except DatabaseUnavailable as error:
         return error_response(503, f"database unavailable: {error}", context=context)
-    except Exception:
+    except Exception as error:
+        if isinstance(error, ConnectionResetError) and request.transport is None:
+            # The client left while we read its body: nobody to answer, nothing to report.
+            log.debug("client left during %s", context)
+            return json_response({"error": "client disconnected", "field": None}, 400)
         log.exception("unhandled error on %s", context)
         return json_response({"error": "internal server error", "field": None}, 500)
     finally:
@@ -158,7 +158,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     websocket = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
     if request.method not in SAFE_METHODS or websocket:
         _check_origin(request)
-    if request.body_exists and request.content_type != "application/json":
+    changes_state = request.method not in SAFE_METHODS
+    if changes_state and request.body_exists and request.content_type != "application/json":
         raise RequestError(
             f"Content-Type must be application/json, got {request.content_type}",
             status=415,
