@@ -9,12 +9,13 @@ here.
 
 Cross-site requests (``access_middleware``). With no token set, the service would act on
 any request that reaches it, including one a web page on another site makes the operator's
-browser send. So: a request carrying a body must say ``Content-Type: application/json``
-(a cross-site page can only send ``text/plain``, form or multipart bodies without asking
-first, and we never answer CORS preflights); a state-changing request (any method but GET,
-HEAD, OPTIONS) and a WebSocket handshake that carry an ``Origin`` must come from the page
-this server serves or from ``TECHNIC_ALLOWED_ORIGINS`` (no ``Origin``, as from curl or the
-CLI, is fine: browsers always send one on such requests); and the ``Host`` header must name
+browser send. So: a state-changing request (any method but GET, HEAD, OPTIONS) that
+carries a body must say ``Content-Type: application/json`` (a cross-site page can only
+send ``text/plain``, form or multipart bodies without asking first, and we never answer
+CORS preflights); a state-changing request and a WebSocket handshake that carry an
+``Origin`` must come from the page this server serves or from ``TECHNIC_ALLOWED_ORIGINS``
+(no ``Origin``, as from curl or the CLI, is fine: browsers send one on every such request
+from a page); and the ``Host`` header must name
 this server (``TECHNIC_ALLOWED_HOSTS``), or a page on a domain the attacker re-points at
 127.0.0.1 (DNS rebinding) would be "same origin" and could read everything.
 """
