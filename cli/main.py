@@ -117,20 +117,12 @@ def _serve_command(args: argparse.Namespace) -> int:
     )
     # imported here so that a local `technic scan` does not load the web stack
     import uvloop
-    from aiohttp import web
     from technic.server.app import create_app
+    from technic.server.serving import serve
 
-    uvloop.install()
     log.info("technic starting on http://%s:%s", settings.host, settings.port)
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            shutdown_timeout=15.0,
-            access_log=None,
-        )
+        uvloop.run(serve(create_app(settings), host=settings.host, port=settings.port))
     except (StorageError, OSError) as error:
         print(f"technic serve: error: {error}", file=sys.stderr)
         return EXIT_FAILED

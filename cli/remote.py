@@ -7,11 +7,13 @@ scan's WebSocket, and exit with how the scan ended: 0 completed, 1 failed or int
 
 How the feed works (the page's ``live.js`` does the same in the browser): ask
 ``GET /scan/progress/{id}`` first (it paints at once and tells an unknown scan, 404, from a
-missing token, 401), then follow ``/scan/ws/{id}?since=SEQ``. When the socket drops, the
-view says it is reconnecting and retries with a backoff of 0.5 s doubling to 5 s, for up to
+missing token, 401), then follow ``/scan/ws/{id}?since=EPOCH.SEQ``, the cursor of the last
+snapshot taken (``server/cursor.py``). When the socket drops, the view says it is
+reconnecting and retries with a backoff of 0.5 s doubling to 5 s, for up to
 ``RECONNECT_TIMEOUT_S``; each retry starts with the REST snapshot again, which is
 authoritative even when a restarted server numbers snapshots from zero (a scan that was
-running when its server died comes back ``interrupted``).
+running when its server died comes back ``interrupted``), and a snapshot of another stream
+(another epoch) is newer whatever its seq.
 
 On a terminal the view is redrawn in place; elsewhere (a pipe, a log file) each stage's
 start and end is printed as the local scan logs them, and the final view once at the end.
@@ -45,6 +47,7 @@ from technic.cli.output import format_results, write_output
 from technic.cli.scan_options import scan_config
 from technic.cli.terminal_view import LiveView, render
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES
+from technic.server.cursor import Cursor
 
 # aiohttp is imported by the functions that talk to a server: every other `technic` command
 # (the local `technic scan` above all) then starts without paying for it.
@@ -102,7 +105,7 @@ class Remote:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def ws_url(self, scan_id: str, since: int | None) -> str:
+    def ws_url(self, scan_id: str, since: Cursor | None) -> str:
         scheme = "wss" if self.base_url.startswith("https:") else "ws"
         url = f"{scheme}{self.base_url[self.base_url.index(':') :]}/scan/ws/{scan_id}"
         return url if since is None else f"{url}?since={since}"
@@ -222,23 +225,25 @@ async def follow(
     """
     import aiohttp
 
-    last_seq: int | None = None
+    last: Cursor | None = None  # the stream and seq of the newest snapshot taken
     lost_since: float | None = None
     attempt = 0
     backoff = FIRST_BACKOFF_S
     loop = asyncio.get_running_loop()
 
     def take(snapshot: Any, authoritative: bool = False) -> Snapshot | None:
-        nonlocal last_seq
+        nonlocal last
         if not isinstance(snapshot, dict):
             return None
-        seq = snapshot.get("seq")
+        seq, epoch = snapshot.get("seq"), snapshot.get("epoch")
         terminal = snapshot.get("status") in TERMINAL_STATUSES
         if isinstance(seq, int):
-            if not (authoritative or terminal or last_seq is None or seq > last_seq):
+            cursor = Cursor(epoch if isinstance(epoch, str) else None, seq)
+            newer = last is None or cursor.epoch != last.epoch or seq > last.seq
+            if not (authoritative or terminal or newer):
                 return None
-            if authoritative or last_seq is None or seq > last_seq:
-                last_seq = seq
+            if authoritative or newer:
+                last = cursor
         reporter.snapshot(snapshot)
         return snapshot if terminal else None
 
@@ -253,7 +258,7 @@ async def follow(
                 raise RemoteError(f"scan {scan_id} is gone from {remote.base_url}") from None
             if (final := take(snapshot, authoritative=True)) is not None:
                 return final
-            url = remote.ws_url(scan_id, last_seq)
+            url = remote.ws_url(scan_id, last)
             async with session.ws_connect(url, headers=remote.headers, heartbeat=30.0) as ws:
                 lost_since, attempt, backoff = None, 0, FIRST_BACKOFF_S
                 async for message in ws:
@@ -262,8 +267,8 @@ async def follow(
                             return final
                     elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                         break
-            # closed without the terminal snapshot (server shutting down, or a restarted
-            # server had already numbered past our seq): resynchronise through REST
+            # closed without the terminal snapshot (the server shutting down or gone):
+            # resynchronise through REST
         except aiohttp.WSServerHandshakeError as error:
             if error.status in (401, 403, 404):
                 raise RemoteError(

@@ -15,6 +15,9 @@ from pathlib import Path
 from platformdirs import user_data_dir
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Host names a local server always answers to; ``allowed_hosts`` adds the one it binds.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+WILDCARD_BIND_HOSTS = ("0.0.0.0", "::", "")
 
 
 class SettingsError(ValueError):
@@ -55,6 +58,39 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return raw.strip() if raw and raw.strip() else None
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    value = _optional(env, name)
+    return tuple(item.strip() for item in value.split(",") if item.strip()) if value else None
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """``scheme://host[:port]`` entries (a trailing slash dropped), or ``*``."""
+    origins = []
+    for item in _list(env, name) or ():
+        origin = item.rstrip("/")
+        scheme, _, rest = origin.partition("://")
+        if origin != "*" and (scheme not in ("http", "https") or not rest or "/" in rest):
+            raise SettingsError(name, f"must list origins like https://host[:port], got {item!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """Host names (``[::1]`` or ``::1`` for IPv6; a port is ignored), or ``*``; None when
+    unset."""
+    hosts = []
+    for item in _list(env, name) or ():
+        host = item.lower()
+        if host.startswith("["):
+            host = host[1:].partition("]")[0]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        if not host or "/" in item or " " in item:
+            raise SettingsError(name, f"must list host names without scheme or path, got {item!r}")
+        hosts.append(host)
+    return tuple(hosts) or None
+
+
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
     value = _optional(env, name)
     if value is not None and not value.startswith(tuple(f"{s}://" for s in schemes)):
@@ -75,6 +111,8 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(user_data_dir("technic")))
     api_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    # None: the loopback names and ``host`` (see ``allowed_hosts``); ("*",): any Host.
+    allowed_hosts_setting: tuple[str, ...] | None = None
     max_concurrent_scans: int = 2
     max_queued_scans: int = 16
     max_connections: int = 20_000
@@ -85,6 +123,21 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Host header names this server answers to (against DNS rebinding).
+
+        ``TECHNIC_ALLOWED_HOSTS`` when set; otherwise the loopback names, plus ``host``
+        when the server binds one address (a server on 0.0.0.0 cannot know its public
+        names: behind a proxy or on a LAN, the operator lists them).
+        """
+        if self.allowed_hosts_setting is not None:
+            return self.allowed_hosts_setting
+        host = self.host.lower().removeprefix("[").removesuffix("]")
+        if host in WILDCARD_BIND_HOSTS or host in LOOPBACK_HOSTS:
+            return LOOPBACK_HOSTS
+        return (*LOOPBACK_HOSTS, host)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -92,7 +145,6 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise SettingsError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
         data_dir = _optional(env, "TECHNIC_DATA_DIR")
-        origins = _optional(env, "TECHNIC_ALLOWED_ORIGINS")
         return cls(
             host=_optional(env, "HOST") or "127.0.0.1",
             port=_int(env, "PORT", 8000, 0, 65535),
@@ -102,9 +154,8 @@ class Settings:
             use_cache=_bool(env, "USE_CACHE", True),
             data_dir=Path(data_dir).expanduser() if data_dir else Path(user_data_dir("technic")),
             api_token=_optional(env, "TECHNIC_API_TOKEN"),
-            allowed_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
-            if origins
-            else (),
+            allowed_origins=_origins(env, "TECHNIC_ALLOWED_ORIGINS"),
+            allowed_hosts_setting=_hosts(env, "TECHNIC_ALLOWED_HOSTS"),
             max_concurrent_scans=_int(env, "MAX_CONCURRENT_SCANS", 2, 1, 64),
             max_queued_scans=_int(env, "MAX_QUEUED_SCANS", 16, 0, 10_000),
             max_connections=_int(env, "MAX_CONNECTIONS", 20_000, 1, 1_000_000),

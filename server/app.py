@@ -4,7 +4,20 @@
 job manager) in a ``cleanup_ctx``, so tests and ``technic serve`` start and stop it the
 same way. Handlers validate input with ``server.requests`` before awaiting anything and
 raise ``RequestError``; ``error_middleware`` is the one place that turns errors into the
-JSON ``{"error": ..., "field": ...}`` responses. No finance logic lives here.
+JSON ``{"error": ..., "field": ...}`` responses (``server.errors``). No finance logic lives
+here.
+
+Cross-site requests (``access_middleware``). With no token set, the service would act on
+any request that reaches it, including one a web page on another site makes the operator's
+browser send. So: a state-changing request (any method but GET, HEAD, OPTIONS) that
+carries a body must say ``Content-Type: application/json`` (a cross-site page can only
+send ``text/plain``, form or multipart bodies without asking first, and we never answer
+CORS preflights); a state-changing request and a WebSocket handshake that carry an
+``Origin`` must come from the page this server serves or from ``TECHNIC_ALLOWED_ORIGINS``
+(no ``Origin``, as from curl or the CLI, is fine: browsers send one on every such request
+from a page); and the ``Host`` header must name
+this server (``TECHNIC_ALLOWED_HOSTS``), or a page on a domain the attacker re-points at
+127.0.0.1 (DNS rebinding) would be "same origin" and could read everything.
 """
 
 from __future__ import annotations
@@ -19,10 +32,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from technic.config import Settings
 from technic.engine.errors import DataError, InvalidConfig
 from technic.engine.progress import TERMINAL_STATUSES
@@ -30,14 +41,20 @@ from technic.engine.providers import provider_for
 from technic.engine.universe import select
 from technic.engine.workers import WorkerPool
 from technic.server import streams, universe_routes
+from technic.server.errors import (
+    describe_protocol_error,
+    error_response,
+    json_response,
+    request_context,
+)
 from technic.server.hub import Hub
 from technic.server.jobs import Job, JobManager, NotAccepting, QueueFull
 from technic.server.metrics import Metrics, render_metrics
 from technic.server.persist import Persister
 from technic.server.requests import (
     RequestError,
+    parse_cursor,
     parse_int,
-    parse_seq,
     parse_start,
 )
 from technic.server.views import (
@@ -73,15 +90,9 @@ PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico"})
 DEFAULT_RESULTS_LIMIT = 1000
 MAX_RESULTS_LIMIT = 100_000
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
 
 
 def version() -> str:
@@ -102,30 +113,60 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if request.match_info.route.resource
         else "unmatched"
     )
+    context = request_context(request)
     try:
         return await handler(request)
     except RequestError as error:
         headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-        body = {"error": error.message, "field": error.field}
-        body.update(error.extra)
-        return json_response(body, status=error.status, headers=headers)
+        return error_response(
+            error.status,
+            error.message,
+            error.field,
+            context=context,
+            headers=headers,
+            extra=error.extra,
+        )
     except web.HTTPRequestEntityTooLarge:
-        return json_response(
-            {"error": f"request body is larger than {MAX_BODY_BYTES} bytes", "field": None}, 413
+        return error_response(
+            413, f"request body is larger than {MAX_BODY_BYTES} bytes", context=context
         )
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return json_response({"error": error.reason, "field": None}, status=error.status)
+        return error_response(error.status, error.reason, context=context)
+    except web.RequestPayloadError as error:  # e.g. a gzip Content-Encoding on a plain body
+        return error_response(400, *describe_protocol_error(error), context=context)
     except InvalidInput as error:
-        return json_response({"error": error.message, "field": error.field}, status=400)
+        return error_response(400, error.message, error.field, context=context)
     except DatabaseUnavailable as error:
-        return json_response({"error": f"database unavailable: {error}", "field": None}, 503)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(503, f"database unavailable: {error}", context=context)
+    except Exception as error:
+        if isinstance(error, ConnectionResetError) and request.transport is None:
+            # The client left while we read its body: nobody to answer, nothing to report.
+            log.debug("client left during %s", context)
+            return json_response({"error": "client disconnected", "field": None}, 400)
+        log.exception("unhandled error on %s", context)
         return json_response({"error": "internal server error", "field": None}, 500)
     finally:
         request.app[METRICS].observe_request(route, time.perf_counter() - started)
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host, Origin and Content-Type checks against cross-site requests (module docstring)."""
+    settings = request.app[SETTINGS]
+    _check_host(request.headers.get(hdrs.HOST), settings.allowed_hosts)
+    websocket = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    if request.method not in SAFE_METHODS or websocket:
+        _check_origin(request)
+    changes_state = request.method not in SAFE_METHODS
+    if changes_state and request.body_exists and request.content_type != "application/json":
+        raise RequestError(
+            f"Content-Type must be application/json, got {request.content_type}",
+            status=415,
+            field="Content-Type",
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -134,10 +175,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if token is None or request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
         return await handler(request)
     header = request.headers.get("Authorization", "")
+    if not header.isascii():
+        raise RequestError("the Authorization header must be ASCII", field="Authorization")
     given = header[7:] if header.startswith("Bearer ") else None
     streaming = request.path.startswith(("/scan/ws/", "/scan/stream/"))
     if given is None and streaming:
         given = request.query.get("token")
+        if given is not None and not given.isascii():
+            raise RequestError("the token must be ASCII", field="token")
     if given is None:
         raise RequestError("missing bearer token", status=401, field="Authorization")
     if not hmac.compare_digest(given.encode(), token.encode()):
@@ -162,15 +207,25 @@ async def _known_scan(request: web.Request, scan_id: str) -> bool:
     return await request.app[DATABASE].repository.get_scan(scan_id) is not None
 
 
+def _check_host(host: str | None, allowed_hosts: tuple[str, ...]) -> None:
+    """The Host header names this server (any port), or the request is refused."""
+    if host is None or "*" in allowed_hosts:
+        return  # no Host (HTTP/1.0): not a browser, which is what the check is about
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+    if name.lower() not in allowed_hosts:
+        raise RequestError(
+            f"Host {host} is not one this server answers to; set TECHNIC_ALLOWED_HOSTS",
+            field="Host",
+        )
+
+
 def _check_origin(request: web.Request) -> None:
-    origin = request.headers.get("Origin")
-    if origin is None:
+    """No Origin (curl, the CLI), the page this server serves, or the allowlist."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or origin == f"{request.scheme}://{request.host}":
         return
     allowed = request.app[SETTINGS].allowed_origins
-    if allowed:
-        if origin in allowed or "*" in allowed:
-            return
-    elif urlsplit(origin).netloc == request.host:
+    if origin in allowed or "*" in allowed:
         return
     raise RequestError(f"origin {origin} is not allowed", status=403, field="Origin")
 
@@ -333,8 +388,7 @@ async def scan_results(request: web.Request) -> web.Response:
 
 async def scan_ws(request: web.Request) -> web.StreamResponse:
     scan_id = _scan_id(request)
-    _check_origin(request)
-    since = parse_seq(request.query.get("since"), "since")
+    since = parse_cursor(request.query.get("since"), "since")
     if not await _known_scan(request, scan_id):
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
     _check_connections(request)
@@ -346,9 +400,9 @@ async def scan_sse(request: web.Request) -> web.StreamResponse:
     scan_id = _scan_id(request)
     header = request.headers.get("Last-Event-ID")
     last_event_id = (
-        parse_seq(header, "Last-Event-ID")
+        parse_cursor(header, "Last-Event-ID")
         if header
-        else parse_seq(request.query.get("last_event_id"), "last_event_id")
+        else parse_cursor(request.query.get("last_event_id"), "last_event_id")
     )
     if not await _known_scan(request, scan_id):
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
@@ -526,7 +580,8 @@ async def _on_shutdown(app: web.Application) -> None:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[error_middleware, access_middleware, auth_middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

@@ -7,13 +7,13 @@ in one place (``server.errors``), so no handler builds error responses by hand.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from technic.engine.errors import InvalidConfig
 from technic.engine.scan_config import ScanConfig
+from technic.server.cursor import Cursor
 
 API_PROVIDERS = ("sample", "synthetic")
 START_FIELDS = (
@@ -121,13 +121,11 @@ def parse_int(
     return value
 
 
-def parse_seq(raw: str | None, name: str) -> int | None:
+def parse_cursor(raw: str | None, name: str) -> Cursor | None:
+    """A resume cursor (``EPOCH.SEQ``, or a bare seq) from ``name``; None when absent."""
     if raw is None or raw.strip() == "":
         return None
     try:
-        value = int(raw)
-    except ValueError:
-        raise RequestError(f"must be a whole number, got {raw!r}", field=name) from None
-    if value < 0 or not math.isfinite(value):
-        raise RequestError(f"must be 0 or more, got {value}", field=name)
-    return value
+        return Cursor.parse(raw)
+    except ValueError as error:
+        raise RequestError(str(error), field=name) from None

@@ -66,6 +66,7 @@ def progress_from_record(scan: Scan) -> dict[str, Any]:
         "stage_throughput": stages[current]["throughput"] if current else None,
         "message": scan.error or f"Scan {scan.status}",
         "seq": 0,
+        "epoch": None,  # not from a stream (server/cursor.py)
         "elapsed_seconds": elapsed,
         "started_at": scan.started_at.timestamp() if scan.started_at else None,
         "completed_at": scan.finished_at.timestamp() if scan.finished_at else None,

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from technic.cli.main import main
 from technic.cli.remote import Remote, RemoteError, parse_scan_id
+from technic.server.cursor import Cursor
 
 from tests.live_server import Server, running_scans, running_server, wait_until
 
@@ -80,7 +81,9 @@ def status_of(server: Server, scan_id: str) -> str:
 def test_server_urls_and_scan_ids_are_checked() -> None:
     remote = Remote.parse("http://example.test:9000/", "t")
     assert remote.base_url == "http://example.test:9000"
-    assert remote.ws_url("x", 7) == "ws://example.test:9000/scan/ws/x?since=7"
+    assert remote.ws_url("x", Cursor("3fa9c2d1", 7)) == (
+        "ws://example.test:9000/scan/ws/x?since=3fa9c2d1.7"
+    )
     assert Remote.parse("https://h", None).ws_url("x", None) == "wss://h/scan/ws/x"
     assert remote.headers == {"Authorization": "Bearer t"}
     for bad in ("example.test:9000", "ftp://h", "http://"):

@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 from technic.config import Settings
 from technic.server.app import POOL, create_app
+from technic.server.cursor import Cursor
 
 from tests.seed_contract import SEED_PROGRESS_FIELDS, SEED_START_FIELDS
 
@@ -51,7 +52,8 @@ class Service:
 
     async def post(self, path: str, body: Any = None, **kwargs: Any) -> aiohttp.ClientResponse:
         data = body if isinstance(body, bytes | str) else orjson.dumps(body)
-        return await self.session.post(self.url + path, data=data, **kwargs)
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        return await self.session.post(self.url + path, data=data, headers=headers, **kwargs)
 
     async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         return await self.session.get(self.url + path, **kwargs)
@@ -247,7 +249,9 @@ async def test_websocket_and_sse_watchers_see_0_to_100(service: Service) -> None
     assert any("retry" in e for e in events)
     data_events = [e for e in events if "data" in e]
     sse_seen = [orjson.loads(e["data"]) for e in data_events]
-    assert [int(e["id"]) for e in data_events] == [s["seq"] for s in sse_seen]
+    cursors = [Cursor.parse(e["id"]) for e in data_events]
+    assert cursors == [Cursor(s["epoch"], s["seq"]) for s in sse_seen]
+    assert len({cursor.epoch for cursor in cursors}) == 1
     assert sse_seen[-1]["status"] == "completed"
     assert_monotonic_and_weighted(sse_seen)
     for snapshot in ws_seen + sse_seen:
@@ -267,7 +271,8 @@ async def test_resume_by_since_and_last_event_id(service: Service) -> None:
     response = await service.get(f"/scan/stream/{scan_id}?last_event_id={last - 1}")
     events = [e for e in await sse_events(response) if "data" in e]
     # the terminal snapshot comes unnamed (the seed's onmessage) and named after its status
-    assert [(int(e["id"]), e.get("event")) for e in events] == [(last, None), (last, "completed")]
+    ids = [(Cursor.parse(e["id"]).seq, e.get("event")) for e in events]
+    assert ids == [(last, None), (last, "completed")]
 
 
 async def test_named_sse_events_on_request(service: Service) -> None:
@@ -694,7 +699,7 @@ async def test_sigterm_cancels_records_closes_watchers_and_exits_0(
                     if (await session.get(f"{url}/health")).status == 200:
                         break
                 await asyncio.sleep(0.1)
-            started = await session.post(f"{url}/scan/start", data=orjson.dumps(SLOW_SCAN))
+            started = await session.post(f"{url}/scan/start", json=SLOW_SCAN)
             scan_id = (await started.json())["scan_id"]
             async with session.ws_connect(f"{url}/scan/ws/{scan_id}") as ws:
                 await ws.receive(timeout=10)

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +57,7 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float 
 
 
 async def start(session: aiohttp.ClientSession, url: str, body: dict) -> str:
-    async with session.post(f"{url}/scan/start", data=orjson.dumps(body)) as response:
+    async with session.post(f"{url}/scan/start", json=body) as response:
         return (await response.json())["scan_id"]
 
 
