@@ -53,8 +53,10 @@ from technic.server.metrics import Metrics, render_metrics
 from technic.server.persist import Persister
 from technic.server.requests import (
     RequestError,
+    ResultsQuery,
     parse_cursor,
     parse_int,
+    parse_results_query,
     parse_start,
 )
 from technic.server.views import (
@@ -65,10 +67,11 @@ from technic.server.views import (
     stats_json,
 )
 from technic.storage import (
-    RESULT_SORTS,
+    MAX_PAGE_SIZE,
     Database,
     DatabaseUnavailable,
     InvalidInput,
+    Scan,
     StorageError,
     connect,
 )
@@ -87,8 +90,9 @@ METRICS = web.AppKey("metrics", Metrics)
 MAX_BODY_BYTES = 64 * 1024
 STATIC_DIR = Path(__file__).parent / "static"
 PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico"})
-DEFAULT_RESULTS_LIMIT = 1000
-MAX_RESULTS_LIMIT = 100_000
+# how long a results request waits for a just-finished scan's writes, and then the advice
+RESULTS_STORE_WAIT_S = 10.0
+RESULTS_RETRY_AFTER_S = 2
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -284,7 +288,8 @@ async def start_scan(request: web.Request) -> web.Response:
     if start.async_mode:
         return json_response(_start_response(job), status=202)
     await job.done.wait()
-    return json_response(await _results_body(request, job.scan_id))
+    first_page = parse_results_query({})
+    return json_response(await _results_body(request, job.scan_id, first_page))
 
 
 async def scan_progress(request: web.Request) -> web.Response:
@@ -298,63 +303,57 @@ async def scan_progress(request: web.Request) -> web.Response:
     return json_response(progress_from_record(scan))
 
 
-async def _results_body(request: web.Request, scan_id: str) -> dict[str, Any]:
-    query = request.query
-    limit = parse_int(query, "limit", DEFAULT_RESULTS_LIMIT, 1, MAX_RESULTS_LIMIT)
-    offset = parse_int(query, "offset", 0, 0, 10_000_000)
-    sort = query.get("sort", "rank")
-    descending = sort.startswith("-")
-    sort = sort.lstrip("-")
-    if sort not in RESULT_SORTS:
-        raise RequestError(
-            f"must be one of {', '.join(RESULT_SORTS)} (prefix - for descending)", field="sort"
-        )
-    if query.get("order") in ("asc", "desc"):
-        descending = query["order"] == "desc"
-    elif "order" in query:
-        raise RequestError("must be asc or desc", field="order")
-    job = request.app[JOBS].get(scan_id)
-    if job is not None and job.status not in TERMINAL_STATUSES:
-        raise RequestError(
-            f"scan is {job.status}; results are ready when it completes",
-            status=409,
-            field="scan_id",
-            extra={"status": job.status},
-        )
-    if job is not None and job.result is not None:
-        result = job.result
-        rows = sorted(
-            result.rows,
-            key=lambda row: (
-                row.get(sort) is None,
-                row.get(sort) if row.get(sort) is not None else 0,
-            ),
-            reverse=descending,
-        )
-        page = rows[offset : offset + limit]
-        return {
-            "scan_id": scan_id,
-            "status": job.status,
-            "results": page,
-            "count": len(page),
-            "total": len(rows),
-            "performance_metrics": performance_metrics(result.metrics),
-            "stage_timings": result.stage_timings,
-            "failures": result.failures,
-        }
-    repository = request.app[DATABASE].repository
-    scan = await repository.get_scan(scan_id)
+async def _finished_scan(request: web.Request, scan_id: str) -> Scan:
+    """The stored record of a finished scan whose results are all in storage.
+
+    Results are read from storage only, whichever process ran the scan and whenever: one
+    implementation of sorting and paging (the repository's SQL). A scan this process has
+    just finished may still have writes queued; wait for them a little, then say so (503)
+    rather than answer from memory.
+    """
+    jobs = request.app[JOBS]
+    job = jobs.get(scan_id)
+    if job is not None and not job.stored.is_set():
+        latest = request.app[HUB].latest(scan_id) or {}
+        status = job.status if job.status in TERMINAL_STATUSES else latest.get("status")
+        if status not in TERMINAL_STATUSES:
+            raise _not_finished(job.status)
+        healthy = request.app[PERSISTER].healthy
+        if not await jobs.wait_stored(job, RESULTS_STORE_WAIT_S if healthy else 0):
+            reason = "the database is unavailable" if not healthy else "storing takes a while"
+            raise RequestError(
+                f"scan is {status}; its results are being stored ({reason}): retry shortly",
+                status=503,
+                field="scan_id",
+                retry_after_s=RESULTS_RETRY_AFTER_S,
+                extra={"status": status},
+            )
+    scan = await request.app[DATABASE].repository.get_scan(scan_id)
     if scan is None:
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
     if scan.status not in TERMINAL_STATUSES:
-        raise RequestError(
-            f"scan is {scan.status}; results are ready when it completes",
-            status=409,
-            field="scan_id",
-            extra={"status": scan.status},
-        )
+        raise _not_finished(scan.status)
+    return scan
+
+
+def _not_finished(status: str) -> RequestError:
+    return RequestError(
+        f"scan is {status}; results are ready when it completes",
+        status=409,
+        field="scan_id",
+        extra={"status": status},
+    )
+
+
+async def _results_body(request: web.Request, scan_id: str, query: ResultsQuery) -> dict[str, Any]:
+    scan = await _finished_scan(request, scan_id)
+    repository = request.app[DATABASE].repository
     page = await repository.fetch_results(
-        scan_id, sort=sort, descending=descending, limit=limit, offset=offset
+        scan_id,
+        sort=query.sort,
+        descending=query.descending,
+        limit=query.limit or MAX_PAGE_SIZE,
+        offset=query.offset,
     )
     failures = await repository.fetch_failures(scan_id) or []
     metrics = scan.metrics or {}
@@ -371,19 +370,51 @@ async def _results_body(request: web.Request, scan_id: str) -> dict[str, Any]:
     }
 
 
-async def scan_results(request: web.Request) -> web.Response:
+async def _results_csv(
+    request: web.Request, scan_id: str, query: ResultsQuery
+) -> web.StreamResponse:
+    """Every asked-for row of a stored scan, streamed as CSV a batch at a time."""
+    await _finished_scan(request, scan_id)
+    export = await request.app[DATABASE].repository.export_results(
+        scan_id,
+        sort=query.sort,
+        descending=query.descending,
+        offset=query.offset,
+        limit=query.limit,
+    )
+    if export is None:
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+    response = web.StreamResponse(
+        headers={"Content-Disposition": f'attachment; filename="technic-{scan_id}.csv"'}
+    )
+    response.content_type = "text/csv"
+    response.charset = "utf-8"
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    # From here on the status is sent: a failure can only cut the body short, which the
+    # client sees as an incomplete chunked response rather than a file that looks whole.
+    try:
+        await response.write(results_csv((), header=True).encode())
+        async for batch in export.batches():
+            await response.write(results_csv(batch, header=False).encode())
+    except ConnectionError:
+        log.info("CSV export of %s: the client went away", scan_id)
+        return response
+    except StorageError as error:
+        log.warning("CSV export of %s cut short: %s", scan_id, error)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def scan_results(request: web.Request) -> web.StreamResponse:
     scan_id = _scan_id(request)
-    output = request.query.get("format", "json")
-    if output not in ("json", "csv"):
-        raise RequestError("must be json or csv", field="format")
-    body = await _results_body(request, scan_id)
-    if output == "csv":
-        return web.Response(
-            text=results_csv(body["results"]),
-            content_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="technic-{scan_id}.csv"'},
-        )
-    return json_response(body)
+    query = parse_results_query(request.query)
+    if query.output == "csv":
+        return await _results_csv(request, scan_id, query)
+    return json_response(await _results_body(request, scan_id, query))
 
 
 async def scan_ws(request: web.Request) -> web.StreamResponse:

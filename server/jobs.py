@@ -48,12 +48,16 @@ class NotAccepting(Exception):
 
 @dataclass
 class Job:
+    """A scan this process runs or ran. It never holds the scan's result rows: they go to
+    storage when the scan ends, and a finished job keeps only a few fields."""
+
     scan_id: str
     config: ScanConfig
     cancel: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # set once everything the scan produced (final state, results, failures) is stored
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
     status: str = "pending"
-    result: ScanResult | None = None
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     stage_status: dict[str, str] = field(default_factory=dict)
@@ -126,6 +130,14 @@ class JobManager:
                 return job
         return self._running.get(scan_id) or self._finished.get(scan_id)
 
+    async def wait_stored(self, job: Job, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a finished job's writes; False if they are not done."""
+        try:
+            await asyncio.wait_for(job.stored.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     @property
     def running(self) -> list[Job]:
         return list(self._running.values())
@@ -188,11 +200,16 @@ class JobManager:
         self.hub.publish(job.scan_id, tracker.snapshot())
         self._finish(job, "cancelled", None)
 
-    def _finish(self, job: Job, status: str, error: str | None) -> None:
+    def _finish(
+        self, job: Job, status: str, error: str | None, result: ScanResult | None = None
+    ) -> None:
+        """Record the end of a scan. Its rows live only in the persister's queued writes from
+        here on, and are released as soon as they are stored (or kept, through a database
+        outage, until they are); ``job.stored`` tells readers when storage has it all."""
         self._count(status, job.status)
         job.status = status
         job.error = error
-        metrics = job.result.metrics if job.result is not None else None
+        metrics = result.metrics if result is not None else None
         scan_uuid = uuid.UUID(job.scan_id)
         repository = self.repository
 
@@ -207,17 +224,21 @@ class JobManager:
                 universe_size=universe_size,
             )
 
-        if job.result is not None and status == "completed":
-            result = job.result
+        async def mark_stored() -> None:
+            job.stored.set()
+
+        if result is not None and status == "completed":
+            rows, failures = result.rows, result.failures
             self.persister.submit(
                 f"save results of {job.scan_id}",
-                lambda: repository.save_results(scan_uuid, result.rows),
+                lambda: repository.save_results(scan_uuid, rows),
             )
             self.persister.submit(
                 f"save failures of {job.scan_id}",
-                lambda: repository.save_failures(scan_uuid, result.failures),
+                lambda: repository.save_failures(scan_uuid, failures),
             )
         self.persister.submit(f"finish scan {job.scan_id}", record_end)
+        self.persister.submit(f"mark scan {job.scan_id} stored", mark_stored)
         self._finished[job.scan_id] = job
         while len(self._finished) > FINISHED_JOBS_KEPT:
             self._finished.popitem(last=False)
@@ -271,7 +292,6 @@ class JobManager:
             log.warning("scan %s failed: %s", job.scan_id, error)
             self._finish(job, "failed", str(error))
             return
-        job.result = result
         if result.metrics.get("cache_hit"):
             self.cache_hits += 1
         else:
@@ -279,7 +299,7 @@ class JobManager:
         for stage, seconds in result.stage_timings.items():
             self.stage_seconds.setdefault(stage, []).append(seconds)
         self.stage_seconds.setdefault("total", []).append(time.monotonic() - started)
-        self._finish(job, result.status, None)
+        self._finish(job, result.status, None, result)
 
     async def _priors(self, config: ScanConfig) -> dict[str, float]:
         try:

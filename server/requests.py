@@ -14,6 +14,7 @@ import orjson
 from technic.engine.errors import InvalidConfig
 from technic.engine.scan_config import ScanConfig
 from technic.server.cursor import Cursor
+from technic.storage import MAX_OFFSET, MAX_PAGE_SIZE, MAX_RANK, RESULT_SORTS
 
 API_PROVIDERS = ("sample", "synthetic")
 START_FIELDS = (
@@ -104,6 +105,43 @@ def parse_start(body: bytes, *, max_symbols_cap: int) -> StartRequest:
     except TypeError as error:
         raise RequestError(str(error)) from None
     return StartRequest(config=config, async_mode=async_mode)
+
+
+@dataclass(frozen=True)
+class ResultsQuery:
+    """What ``GET /scan/results/{id}`` asks for. ``limit`` None (CSV only) means every row."""
+
+    output: str
+    sort: str
+    descending: bool
+    limit: int | None
+    offset: int
+
+
+def parse_results_query(query: dict[str, str] | Any) -> ResultsQuery:
+    """JSON answers a page of at most ``MAX_PAGE_SIZE`` rows (default that many); CSV has no
+    page limit: every row, or ``limit`` rows, after ``offset``, in the same order."""
+    output = query.get("format", "json")
+    if output not in ("json", "csv"):
+        raise RequestError("must be json or csv", field="format")
+    if output == "json":
+        limit = parse_int(query, "limit", MAX_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    else:
+        limit = parse_int(query, "limit", None, 1, MAX_RANK)
+    offset = parse_int(query, "offset", 0, 0, MAX_OFFSET) or 0
+    sort = query.get("sort", "rank")
+    descending = sort.startswith("-")
+    sort = sort.removeprefix("-")
+    if sort not in RESULT_SORTS:
+        raise RequestError(
+            f"must be one of {', '.join(RESULT_SORTS)} (prefix - for descending)", field="sort"
+        )
+    order = query.get("order")
+    if order is not None:
+        if order not in ("asc", "desc"):
+            raise RequestError("must be asc or desc", field="order")
+        descending = order == "desc"
+    return ResultsQuery(output, sort, descending, limit, offset)
 
 
 def parse_int(

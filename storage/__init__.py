@@ -25,6 +25,7 @@ from technic.storage.migrate import migrate
 from technic.storage.models import (
     SCAN_STATUSES,
     SCAN_TRANSITIONS,
+    SIGNALS,
     STAGE_STATUSES,
     STAGE_TRANSITIONS,
     STAGES,
@@ -41,12 +42,23 @@ from technic.storage.models import (
     StageStatus,
     StageTiming,
 )
-from technic.storage.repository import RESULT_SORTS, Repository
+from technic.storage.repository import (
+    MAX_OFFSET,
+    MAX_PAGE_SIZE,
+    MAX_RANK,
+    RESULT_SORTS,
+    Repository,
+    ResultExport,
+)
 
 __all__ = [
+    "MAX_OFFSET",
+    "MAX_PAGE_SIZE",
+    "MAX_RANK",
     "RESULT_SORTS",
     "SCAN_STATUSES",
     "SCAN_TRANSITIONS",
+    "SIGNALS",
     "STAGES",
     "STAGE_STATUSES",
     "STAGE_TRANSITIONS",
@@ -59,6 +71,7 @@ __all__ = [
     "MigrationError",
     "MigrationReport",
     "Repository",
+    "ResultExport",
     "ResultPage",
     "Scan",
     "ScanNotFound",

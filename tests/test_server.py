@@ -640,9 +640,12 @@ async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_pat
         final = await service.wait_for(scan_id, {"completed"}, timeout_s=120)
         health = await (await service.get("/health")).json()
         assert health["status"] == "degraded" and health["database"] == "unavailable"
-        # the scan's results are served from memory meanwhile
-        live = await (await service.get(f"/scan/results/{scan_id}?limit=5")).json()
-        assert live["total"] == 30_000
+        # results are read from storage only: meanwhile they say why they are not there yet
+        waiting = await service.get(f"/scan/results/{scan_id}?limit=5")
+        assert waiting.status == 503 and int(waiting.headers["Retry-After"]) >= 1
+        body = await waiting.json()
+        assert "being stored" in body["error"] and "database is unavailable" in body["error"]
+        assert body["status"] == "completed"
         await proxy.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -651,6 +654,8 @@ async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_pat
                 break
             await asyncio.sleep(0.2)
         assert health["status"] == "ok"
+        stored_page = await (await service.get(f"/scan/results/{scan_id}?limit=5")).json()
+        assert stored_page["total"] == 30_000 and stored_page["count"] == 5
     await proxy.cut()
     from technic.storage import connect_url
 
