@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 RECONNECT_TIMEOUT_S = 60.0
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 5.0
 CANCEL_WAIT_S = 15.0
-MAX_RESULTS = 100_000
 # `technic scan` options that only make sense for a scan run here, not on a server.
 LOCAL_ONLY = {
     "data_dir": "--data-dir",
@@ -514,7 +513,27 @@ async def _remote_scan(
         )
         results = None
         if snapshot is not None and snapshot.get("status") == "completed":
-            results = await _get_json(
-                session, remote, f"/scan/results/{scan_id}", limit=MAX_RESULTS
-            )
+            try:
+                results = await _all_results(session, remote, scan_id)
+            except _Unavailable as error:
+                raise RemoteError(
+                    f"scan {scan_id} completed but its results cannot be read now ({error});"
+                    f" fetch them later from {remote.base_url}/scan/results/{scan_id}"
+                ) from None
         return scan_id, snapshot, results
+
+
+async def _all_results(
+    session: aiohttp.ClientSession, remote: Remote, scan_id: str
+) -> dict[str, Any]:
+    """The results body with every row, read page by page in rank order (a JSON page holds
+    the server's page size of rows, its default)."""
+    path = f"/scan/results/{scan_id}"
+    first = await _get_json(session, remote, path)
+    rows = list(first["results"])
+    while len(rows) < first["total"]:
+        page = await _get_json(session, remote, path, offset=len(rows))
+        if not page["results"]:
+            break
+        rows.extend(page["results"])
+    return {**first, "results": rows, "count": len(rows)}

@@ -98,6 +98,29 @@ def test_scan_csv_to_a_file(tmp_path: Path) -> None:
     assert all(float(row["tech_rating"]) >= 40 for row in rows)
 
 
+def test_scan_csv_neutralises_formulas_from_a_universe_file(tmp_path: Path) -> None:
+    names = {"AAPL": "=HYPERLINK(\"http://x.example\")", "MSFT": "+1+1", "XOM": "-2+3",
+             "JPM": "@SUM(A1)", "RTN": "Raytheon"}  # fmt: skip
+    universe = tmp_path / "universe.csv"
+    universe.write_text(
+        "symbol,name,sector\n"
+        + "".join(f'{symbol},"{name.replace(chr(34), chr(34) * 2)}",=cmd|calc\n'
+                  for symbol, name in names.items())
+    )  # fmt: skip
+    done = technic(
+        "scan", "--universe", str(universe), "--format", "csv", "--no-progress", data_dir=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout, newline="")))
+    assert {row["symbol"]: row["name"] for row in rows} == {
+        symbol: name if symbol == "RTN" else f"'{name}" for symbol, name in names.items()
+    }
+    assert {row["sector"] for row in rows} == {"'=cmd|calc"}
+    returns = [row["ret_1d"] for row in rows]
+    assert any(r.startswith("-") for r in returns)  # negative numbers stay numbers
+    assert all(float(r) == float(r) for r in returns)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

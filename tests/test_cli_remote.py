@@ -233,6 +233,19 @@ def test_scan_on_a_server_prints_the_results(server: Server) -> None:
     }  # fmt: skip
 
 
+def test_scan_on_a_server_prints_every_row_of_a_large_scan(server: Server) -> None:
+    """More rows than one page of the API holds (1000): the client reads every page."""
+    done = technic(
+        "scan", "--server", server.url, "--provider", "synthetic", "--symbols", "2200",
+        "--bars", "30", "--format", "json", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    ranks = [row["rank"] for row in document["results"]]
+    assert ranks == list(range(1, document["metrics"]["candidates"] + 1))
+    assert len(ranks) + len(document["failures"]) == 2200
+
+
 def test_scan_on_a_server_exit_codes(server: Server) -> None:
     failed = technic("scan", "--server", server.url, "--max-symbols", "5", "--as-of", "2030-01-02")
     assert failed.returncode == 1

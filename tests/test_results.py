@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from technic.storage import RESULT_SORTS, connect_url
-from technic.storage.models import SIGNALS
+from technic.storage import RESULT_SORTS, SIGNALS, connect_url
 
 from tests.live_server import Server, running_server, wait_until
 from tests.test_server import Service, serve, settings_for
@@ -130,7 +128,7 @@ async def test_csv_of_a_stored_scan_streams_every_row(database_url: str, tmp_pat
 
 
 async def test_csv_cells_cannot_be_spreadsheet_formulas(database_url: str, tmp_path: Path) -> None:
-    hostile = ["=HYPERLINK(\"http://x.example\",\"ok\")", "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR"]
+    hostile = ['=HYPERLINK("http://x.example")', "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR"]
     database = await connect_url(database_url, migrate=False)
     scan_id = uuid.uuid4()
     try:
@@ -189,9 +187,7 @@ def _rss_mib(pid: int) -> float:
 
 def _scan_and_store(server: Server, body: dict[str, Any]) -> str:
     scan_id = server.start_scan(**body)
-    wait_until(
-        lambda: server.api("GET", f"/scan/progress/{scan_id}")["status"] == "completed", 120
-    )
+    wait_until(lambda: server.api("GET", f"/scan/progress/{scan_id}")["status"] == "completed", 120)
     wait_until(lambda: server.api("GET", "/health")["database_backlog"] == 0, 60)
     return scan_id
 
