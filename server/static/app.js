@@ -848,6 +848,7 @@ async function lookUpConfig(scanId) {
 
 const RESULTS_PAGE = 1000;
 const SHOW_ROWS = 50;
+// the sort keys GET /scan/results accepts (RESULT_SORTS in storage/repository.py)
 const SERVER_SORTS = new Set([
   "rank",
   "symbol",
@@ -861,7 +862,6 @@ const SERVER_SORTS = new Set([
   "dollar_volume_20d",
   "reward_risk",
 ]);
-const SIGNAL_ORDER = { "Strong Buy": 0, Buy: 1, Neutral: 2, Sell: 3, "Strong Sell": 4 };
 const signalClass = (signal) =>
   `signal signal-${String(signal || "")
     .toLowerCase()
@@ -897,18 +897,6 @@ const COLUMNS = [
   { key: "reward_risk", label: "R:R", num: true, plan: true, format: (v) => fmtNumber(v, 1) },
   { key: "position_size", label: "Shares", num: true, plan: true, format: (v) => fmtInt(v) },
 ];
-
-function compareRows(key, descending) {
-  const value = (row) => (key === "signal" ? SIGNAL_ORDER[row.signal] : row[key]);
-  return (a, b) => {
-    const x = value(a);
-    const y = value(b);
-    if (x === null || x === undefined) return y === null || y === undefined ? 0 : 1;
-    if (y === null || y === undefined) return -1;
-    const order = typeof x === "string" ? x.localeCompare(y) : x - y;
-    return descending ? -order : order;
-  };
-}
 
 function share(part, whole) {
   return whole > 0 ? Math.round((100 * part) / whole) : 0;
@@ -978,7 +966,7 @@ function completedOutcome(scanId, results, snapshot, disposers) {
   const headCells = {};
   const headRow = h("tr", {});
   for (const column of COLUMNS) {
-    const sortable = complete || SERVER_SORTS.has(column.key);
+    const sortable = SERVER_SORTS.has(column.key);
     const th = h("th", {
       scope: "col",
       class:
@@ -1062,22 +1050,20 @@ function completedOutcome(scanId, results, snapshot, disposers) {
       if (name === key) th.setAttribute("aria-sort", descending ? "descending" : "ascending");
       else th.removeAttribute("aria-sort");
     }
-    if (complete) {
-      rows.sort(compareRows(key, descending));
-    } else {
-      table.setAttribute("aria-busy", "true");
-      try {
-        const page = await api(`/scan/results/${scanId}`, {
-          query: { limit: RESULTS_PAGE, sort: key, order: descending ? "desc" : "asc" },
-        });
-        if (key !== sortKey) return; // another heading was clicked meanwhile
-        rows.splice(0, rows.length, ...page.results);
-      } catch (error) {
-        setText(countNote, errorText(error));
-        return;
-      } finally {
-        table.removeAttribute("aria-busy");
-      }
+    // the server sorts, always: one order (missing values last, ties by rank) however
+    // many rows the page holds
+    table.setAttribute("aria-busy", "true");
+    try {
+      const page = await api(`/scan/results/${scanId}`, {
+        query: { limit: RESULTS_PAGE, sort: key, order: descending ? "desc" : "asc" },
+      });
+      if (key !== sortKey) return; // another heading was clicked meanwhile
+      rows.splice(0, rows.length, ...page.results);
+    } catch (error) {
+      setText(countNote, errorText(error));
+      return;
+    } finally {
+      table.removeAttribute("aria-busy");
     }
     draw();
   }
