@@ -9,6 +9,7 @@ aiohttp's runner, or a real ``technic serve``) on a real PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from technic.storage import RESULT_SORTS, SIGNALS, connect_url
 
 from tests.live_server import Server, running_server, wait_until
-from tests.test_server import Service, serve, settings_for
+from tests.test_server import Service, TcpProxy, serve, settings_for
 
 WHOLE_SAMPLE = {"max_symbols": 504}
 
@@ -127,6 +129,31 @@ async def test_csv_of_a_stored_scan_streams_every_row(database_url: str, tmp_pat
         assert (bad.status, (await bad.json())["field"]) == (400, "limit")
 
 
+async def test_csv_cut_short_by_the_database_is_not_a_whole_file(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The status line is sent before the rows: if the database goes away mid-export the
+    body ends without its last chunk, so no client takes the part for the whole."""
+    proxy = TcpProxy(database_url)
+    await proxy.start()
+    try:
+        async with serve(settings_for(proxy.url, tmp_path)) as service:
+            scan_id = await service.start(
+                {"provider": "synthetic", "max_symbols": 30_000, "bars": 30}
+            )
+            await service.wait_for(scan_id, {"completed"})
+            await service.settled()
+            response = await service.get(f"/scan/results/{scan_id}?format=csv")
+            assert response.status == 200
+            head = await response.content.read(65536)
+            await proxy.cut()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.content.read(), 30)
+            assert head.startswith(b"rank,symbol,")
+    finally:
+        await proxy.cut()
+
+
 async def test_csv_cells_cannot_be_spreadsheet_formulas(database_url: str, tmp_path: Path) -> None:
     hostile = ['=HYPERLINK("http://x.example")', "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR"]
     database = await connect_url(database_url, migrate=False)
@@ -159,11 +186,12 @@ async def test_csv_cells_cannot_be_spreadsheet_formulas(database_url: str, tmp_p
     assert {row["ret_1d"] for row in cells} == {"-0.0125"}  # a negative number stays a number
 
 
-async def test_results_wait_for_storage_and_say_so_while_the_database_is_away(
+async def test_sync_start_answers_once_the_results_are_stored(
     database_url: str, tmp_path: Path
 ) -> None:
-    """Right after a scan ends its rows are still being stored: a results request waits for
-    that (here: the synchronous start), and answers 503 naming the reason while it cannot."""
+    """Right after a scan ends its rows are still being written: the synchronous start (like
+    any results request) waits for storage instead of answering from memory. (While the
+    database is away it answers 503: see the outage test in test_server.py.)"""
     async with serve(settings_for(database_url, tmp_path)) as service:
         response = await service.post(
             "/scan/start",

@@ -646,6 +646,8 @@ async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_pat
         body = await waiting.json()
         assert "being stored" in body["error"] and "database is unavailable" in body["error"]
         assert body["status"] == "completed"
+        waiting_csv = await service.get(f"/scan/results/{scan_id}?format=csv")
+        assert waiting_csv.status == 503 and (await waiting_csv.json())["error"] == body["error"]
         await proxy.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

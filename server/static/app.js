@@ -784,14 +784,27 @@ function scanView(scanId) {
   async function showOutcome(snapshot) {
     const status = snapshot.status;
     if (status === "completed") {
-      outcome.append(card(null, h("p", { class: "hint" }, "Loading results…")));
-      try {
-        const results = await api(`/scan/results/${scanId}`, { query: { limit: RESULTS_PAGE } });
-        outcome.replaceChildren(...completedOutcome(scanId, results, snapshot, disposers));
-      } catch (error) {
-        outcome.replaceChildren(card("Results", h("p", { class: "form-error" }, errorText(error))));
+      const hint = h("p", { class: "hint" }, "Loading results…");
+      outcome.append(card(null, hint));
+      let left = false;
+      disposers.push(() => {
+        left = true;
+      });
+      // results are read from storage: a 503 says they are still being stored, so wait
+      for (;;) {
+        try {
+          const results = await api(`/scan/results/${scanId}`, { query: { limit: RESULTS_PAGE } });
+          outcome.replaceChildren(...completedOutcome(scanId, results, snapshot, disposers));
+        } catch (error) {
+          if (error instanceof ApiError && error.status === 503 && !left) {
+            setText(hint, `${errorText(error)} Trying again…`);
+            await new Promise((resolve) => setTimeout(resolve, RESULTS_RETRY_MS));
+            continue;
+          }
+          outcome.replaceChildren(card("Results", h("p", { class: "form-error" }, errorText(error))));
+        }
+        return;
       }
-      return;
     }
     const texts = {
       failed: ["This scan failed.", snapshot.error || snapshot.message || "No reason was given."],
@@ -847,6 +860,7 @@ async function lookUpConfig(scanId) {
 // -- results ----------------------------------------------------------------------------
 
 const RESULTS_PAGE = 1000;
+const RESULTS_RETRY_MS = 2000;
 const SHOW_ROWS = 50;
 // the sort keys GET /scan/results accepts (RESULT_SORTS in storage/repository.py)
 const SERVER_SORTS = new Set([
