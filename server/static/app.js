@@ -919,7 +919,7 @@ function share(part, whole) {
 function completedOutcome(scanId, results, snapshot, disposers) {
   const metrics = results.performance_metrics || {};
   const timings = results.stage_timings || {};
-  const csvHref = apiUrl(`/scan/results/${scanId}`, { format: "csv", limit: 100000 }).toString();
+  const csvHref = apiUrl(`/scan/results/${scanId}`, { format: "csv" }).toString(); // every row
   const download = h(
     "a",
     { class: "button", id: "download-csv", href: csvHref, download: `technic-${scanId}.csv` },
