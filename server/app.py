@@ -396,7 +396,9 @@ async def _results_csv(
     try:
         await response.write(results_csv((), header=True).encode())
         async for batch in export.batches():
-            await response.write(results_csv(batch, header=False).encode())
+            # formatting ~2000 rows takes ~0.1 s of CPU: off the loop, so streams keep flowing
+            text = await asyncio.to_thread(results_csv, batch, header=False)
+            await response.write(text.encode())
     except ConnectionError:
         log.info("CSV export of %s: the client went away", scan_id)
         return response
