@@ -61,7 +61,7 @@ from technic.storage.models import (
 MAX_PAGE_SIZE: Final = 1000
 MAX_OFFSET: Final = 10_000_000
 MAX_RANK: Final = 2**31 - 1  # ranks are PostgreSQL integers
-# rows an export reads per query: ~2 MB of rows in memory at a time, ~50 queries per 100k
+# rows an export reads per query: ~7 MB of row dicts in memory at a time, 50 queries per 100k
 EXPORT_BATCH_ROWS: Final = 2000
 INTERRUPTED_ERROR: Final = "interrupted: the process running this scan stopped"
 
