@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
@@ -30,9 +30,14 @@ from technic.server.hub import Hub
 from technic.server.persist import Persister
 from technic.storage import Repository, StorageError
 
+if TYPE_CHECKING:
+    from technic.server.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 FINISHED_JOBS_KEPT = 256
+# How many recent scan durations the Retry-After estimate averages.
+RECENT_DURATIONS_KEPT = 20
 PRIORS_TIMEOUT_S = 2.0
 
 
@@ -67,6 +72,7 @@ class JobManager:
         hub: Hub,
         persister: Persister,
         pool: WorkerPool,
+        metrics: Metrics,
         cache_dir: Path | None,
         max_concurrent_scans: int,
         max_queued_scans: int,
@@ -76,15 +82,13 @@ class JobManager:
         self.hub = hub
         self.persister = persister
         self.pool = pool
+        self.metrics = metrics
         self.cache_dir = cache_dir
         self.max_concurrent_scans = max_concurrent_scans
         self.max_queued_scans = max_queued_scans
         self.progress_interval_s = progress_interval_s
         self.accepting = True
-        self.scans_by_status: dict[str, int] = {}
-        self.stage_seconds: dict[str, list[float]] = {}
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._recent_durations_s: deque[float] = deque(maxlen=RECENT_DURATIONS_KEPT)
         self._queue: deque[Job] = deque()
         self._queue_ready = asyncio.Condition()
         self._running: dict[str, Job] = {}
@@ -152,7 +156,6 @@ class JobManager:
             f"create scan {job.scan_id}",
             lambda: self.repository.create_scan(scan_uuid, config.to_dict()),
         )
-        self._count("pending")
         self._queue.append(job)
         async with self._queue_ready:
             self._queue_ready.notify()
@@ -173,14 +176,9 @@ class JobManager:
     # -- internals ------------------------------------------------------------------------
 
     def _retry_after_s(self) -> int:
-        durations = self.stage_seconds.get("total") or [10.0]
-        mean_s = sum(durations[-20:]) / len(durations[-20:])
+        durations = self._recent_durations_s or (10.0,)
+        mean_s = sum(durations) / len(durations)
         return max(1, int(mean_s * (len(self._queue) + 1) / self.max_concurrent_scans))
-
-    def _count(self, status: str, previous: str | None = None) -> None:
-        if previous is not None:
-            self.scans_by_status[previous] = self.scans_by_status.get(previous, 1) - 1
-        self.scans_by_status[status] = self.scans_by_status.get(status, 0) + 1
 
     def _cancel_queued(self, job: Job) -> None:
         tracker = MultiStageProgressTracker(scan_id=job.scan_id)
@@ -189,7 +187,7 @@ class JobManager:
         self._finish(job, "cancelled", None)
 
     def _finish(self, job: Job, status: str, error: str | None) -> None:
-        self._count(status, job.status)
+        self.metrics.scan_finished(status)
         job.status = status
         job.error = error
         metrics = job.result.metrics if job.result is not None else None
@@ -247,7 +245,6 @@ class JobManager:
         self.persister.submit(
             f"start scan {job.scan_id}", lambda: self.repository.transition(scan_uuid, "running")
         )
-        self._count("running", job.status)
         job.status = "running"
 
         def on_progress(snapshot: Snapshot) -> None:
@@ -272,13 +269,9 @@ class JobManager:
             self._finish(job, "failed", str(error))
             return
         job.result = result
-        if result.metrics.get("cache_hit"):
-            self.cache_hits += 1
-        else:
-            self.cache_misses += 1
-        for stage, seconds in result.stage_timings.items():
-            self.stage_seconds.setdefault(stage, []).append(seconds)
-        self.stage_seconds.setdefault("total", []).append(time.monotonic() - started)
+        if self.cache_dir is not None:
+            self.metrics.cache_lookup(hit=bool(result.metrics.get("cache_hit")))
+        self._recent_durations_s.append(time.monotonic() - started)
         self._finish(job, result.status, None)
 
     async def _priors(self, config: ScanConfig) -> dict[str, float]:
@@ -322,6 +315,8 @@ class JobManager:
                             self.repository.update_scan, scan_uuid, universe_size=int(selected)
                         ),
                     )
+            if status == "completed" and detail["duration"] is not None:
+                self.metrics.stage_completed(stage, detail["duration"])
             if status in STAGE_END_STATUSES:
                 self.persister.submit(
                     f"finish stage {stage}",
