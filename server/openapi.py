@@ -748,6 +748,16 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 settings=settings,
             )
         },
+        "/favicon.ico": {
+            "get": _operation(
+                "favicon",
+                "The icon, for browsers showing a page that names none",
+                {"200": {"description": "SVG.", "content": {"image/svg+xml": {"schema": STRING}}}},
+                errors=(),
+                protected=False,
+                settings=settings,
+            )
+        },
         "/static/{name}": {
             "get": _operation(
                 "staticFile",

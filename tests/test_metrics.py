@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,15 @@ async def scrape(service: Service) -> dict[str, list[Sample]]:
     assert response.headers["Content-Type"].startswith("text/plain")
     families = text_string_to_metric_families(await response.text())
     return {family.name: family.samples for family in families}
+
+
+async def until_idle(service: Service, timeout_s: float = 30) -> None:
+    """Until no scan runs: a watcher sees the terminal snapshot before the job manager has
+    recorded the end, and metrics count what the job manager recorded."""
+    deadline = time.monotonic() + timeout_s
+    while (await (await service.get("/scan/active")).json())["active"]:
+        assert time.monotonic() < deadline, "a scan is still running"
+        await asyncio.sleep(0.05)
 
 
 def value(samples: list[Sample], name: str, **labels: str) -> float:
@@ -66,7 +76,7 @@ async def test_metrics_count_what_was_done(database_url: str, tmp_path: Path) ->
         await service.wait_for(first, {"completed"})
         second = await service.start(SCAN)  # the same symbols: its block comes from the cache
         await service.wait_for(second, {"completed"})
-        await service.settled()
+        await until_idle(service)
         for _ in range(3):
             assert (await service.get("/scans?limit=5")).status == 200
         unknown = "00000000-0000-4000-8000-000000000000"
@@ -134,6 +144,7 @@ async def test_watchers_are_counted_while_connected(database_url: str, tmp_path:
             sse.close()
         await service.post(f"/scan/cancel/{scan_id}")
         await service.wait_for(scan_id, {"cancelled"})
+        await until_idle(service)
         after = await scrape(service)
     watchers = samples["technic_watchers"]
     assert value(watchers, "technic_watchers", transport="websocket") == 1
@@ -151,6 +162,7 @@ async def test_each_application_has_its_own_registry(database_url: str, tmp_path
     ):
         scan_id = await busy.start({"max_symbols": 5})
         await busy.wait_for(scan_id, {"completed"})
+        await until_idle(busy)
         busy_samples, idle_samples = await scrape(busy), await scrape(idle)
     completed = {"status": "completed"}
     assert value(

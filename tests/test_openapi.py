@@ -244,6 +244,7 @@ async def test_real_answers_match_the_document(database_url: str, tmp_path: Path
         await check(await service.get("/static/style.css"), "/static/{name}")
         await check(await service.get("/static/favicon.svg"), "/static/{name}")
         await check(await service.get("/static/missing.js"), "/static/{name}")
+        await check(await service.get("/favicon.ico"), "/favicon.ico")
 
     # After a restart the same scan is read from the database, not from memory.
     async with serve(settings) as restarted:
