@@ -51,9 +51,17 @@ def _or_null(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _object(properties: dict[str, Schema], *, closed: bool = True, **extra: Any) -> Schema:
-    """An object with every listed property required (the API always sends them all)."""
-    schema: Schema = {"type": "object", "required": list(properties), "properties": properties}
+def _object(
+    properties: dict[str, Schema],
+    *,
+    optional: tuple[str, ...] = (),
+    closed: bool = True,
+    **extra: Any,
+) -> Schema:
+    """An object whose properties are all required but ``optional`` ones (the API sends
+    every key, null when there is no value) and, when ``closed``, no others."""
+    required = [name for name in properties if name not in optional]
+    schema: Schema = {"type": "object", "required": required, "properties": properties}
     if closed:
         schema["additionalProperties"] = False
     return {**schema, **extra}
@@ -164,31 +172,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     "starts a new one.",
                 },
             },
+            optional=("published_at", "epoch"),
             description="The seed's progress snapshot plus `seq` (rises with every "
             "snapshot of the scan), timestamps and per-stage detail. `published_at` is "
             "absent when the snapshot is rebuilt from the database.",
-        )
-        | {
-            "required": [
-                "scan_id",
-                "status",
-                "current_stage",
-                "stages",
-                "overall_progress",
-                "overall_eta",
-                "overall_eta_formatted",
-                "stage_progress",
-                "stage_eta",
-                "stage_eta_formatted",
-                "stage_throughput",
-                "message",
-                "seq",
-                "elapsed_seconds",
-                "started_at",
-                "completed_at",
-                "error",
-            ]
-        },
+        ),
         "ResultRow": {
             "type": "object",
             "description": "One ranked candidate: the columns of `engine.fields.ROW_FIELDS`.",
