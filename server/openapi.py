@@ -167,9 +167,9 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "error": _or_null(STRING),
                 "published_at": EPOCH_S,
                 "epoch": {
-                    "type": "string",
-                    "description": "Names the stream `seq` counts in; a restarted server "
-                    "starts a new one.",
+                    "type": ["string", "null"],
+                    "description": "Names the stream `seq` counts in (a restarted server "
+                    "starts a new one); null when rebuilt from the database.",
                 },
             },
             optional=("published_at", "epoch"),

@@ -210,7 +210,8 @@ async def test_real_answers_match_the_document(database_url: str, tmp_path: Path
         final = await (await check(await get(f"/scan/stream/{done}"), stream)).text()
         assert "event: completed" in final
         await check(await get(f"/scan/stream/{done}?events=named"), stream)
-        await check(await get(f"/scan/stream/{done}", **{"Last-Event-ID": "999"}), stream)
+        last_id = sse_events(final)[-1]["id"]  # resuming after the terminal event: 204
+        await check(await get(f"/scan/stream/{done}", **{"Last-Event-ID": last_id}), stream)
         await check(await get(f"/scan/ws/{done}"), "/scan/ws/{scan_id}")  # not an upgrade: 400
         unknown = str(uuid.uuid4())
         for path in ("progress", "results", "stream", "ws"):
