@@ -40,7 +40,7 @@ from technic.engine.progress import TERMINAL_STATUSES
 from technic.engine.providers import provider_for
 from technic.engine.universe import select
 from technic.engine.workers import WorkerPool
-from technic.server import streams, universe_routes
+from technic.server import openapi, streams, universe_routes
 from technic.server.errors import (
     describe_protocol_error,
     error_response,
@@ -49,7 +49,7 @@ from technic.server.errors import (
 )
 from technic.server.hub import Hub
 from technic.server.jobs import Job, JobManager, NotAccepting, QueueFull
-from technic.server.metrics import Metrics, render_metrics
+from technic.server.metrics import Metrics
 from technic.server.persist import Persister
 from technic.server.requests import (
     RequestError,
@@ -59,6 +59,7 @@ from technic.server.requests import (
     parse_results_query,
     parse_start,
 )
+from technic.server.streams import StreamStats
 from technic.server.views import (
     performance_metrics,
     progress_from_record,
@@ -86,10 +87,19 @@ JOBS = web.AppKey("jobs", JobManager)
 PERSISTER = web.AppKey("persister", Persister)
 POOL = web.AppKey("pool", WorkerPool)
 METRICS = web.AppKey("metrics", Metrics)
+STREAM_STATS = web.AppKey("stream_stats", StreamStats)
+OPENAPI = web.AppKey("openapi", bytes)
 
 MAX_BODY_BYTES = 64 * 1024
 STATIC_DIR = Path(__file__).parent / "static"
-PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico"})
+# The page's own files, listed once: a request names one of them or gets a JSON 404, and no
+# part of a URL ever becomes a file-system path.
+STATIC_FILES = frozenset(
+    path.name
+    for path in (STATIC_DIR.iterdir() if STATIC_DIR.is_dir() else ())
+    if path.suffix in {".html", ".css", ".js", ".svg"}
+)
+PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico", "/openapi.json"})
 # how long a results request waits for a just-finished scan's writes, and then the advice
 RESULTS_STORE_WAIT_S = 10.0
 RESULTS_RETRY_AFTER_S = 2
@@ -110,13 +120,33 @@ def version() -> str:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost, so it times what the client gets, error answers included. A WebSocket or
+    SSE stream lasts as long as its scan: it is counted as a watcher, not timed."""
     started = time.perf_counter()
-    route = (
-        request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:  # a redirect or other non-error the boundary re-raises
+        response = error
+    else:
+        if isinstance(response, web.WebSocketResponse) or (
+            response.content_type == "text/event-stream"
+        ):
+            return response
+    resource = request.match_info.route.resource
+    request.app[METRICS].observe_request(
+        resource.canonical if resource is not None else "unmatched",
+        request.method,
+        response.status,
+        time.perf_counter() - started,
     )
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     context = request_context(request)
     try:
         return await handler(request)
@@ -151,8 +181,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return json_response({"error": "client disconnected", "field": None}, 400)
         log.exception("unhandled error on %s", context)
         return json_response({"error": "internal server error", "field": None}, 500)
-    finally:
-        request.app[METRICS].observe_request(route, time.perf_counter() - started)
 
 
 @web.middleware
@@ -235,7 +263,8 @@ def _check_origin(request: web.Request) -> None:
 
 
 def _check_connections(request: web.Request) -> None:
-    open_streams = streams.stats.open_websockets + streams.stats.open_sse
+    stats = request.app[STREAM_STATS]
+    open_streams = stats.open_websockets + stats.open_sse
     if open_streams >= request.app[SETTINGS].max_connections:
         raise RequestError("too many open watchers; try again later", status=503)
 
@@ -426,7 +455,9 @@ async def scan_ws(request: web.Request) -> web.StreamResponse:
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
     _check_connections(request)
     await _ensure_topic(request, scan_id)
-    return await streams.websocket_stream(request, request.app[HUB], scan_id, since)
+    return await streams.websocket_stream(
+        request, request.app[HUB], scan_id, since, stats=request.app[STREAM_STATS]
+    )
 
 
 async def scan_sse(request: web.Request) -> web.StreamResponse:
@@ -445,7 +476,12 @@ async def scan_sse(request: web.Request) -> web.StreamResponse:
     if events not in ("default", "named"):
         raise RequestError("must be default or named", field="events")
     return await streams.sse_stream(
-        request, request.app[HUB], scan_id, last_event_id, named_events=events == "named"
+        request,
+        request.app[HUB],
+        scan_id,
+        last_event_id,
+        named_events=events == "named",
+        stats=request.app[STREAM_STATS],
     )
 
 
@@ -545,9 +581,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app = request.app
-    text = render_metrics(app[METRICS], app[JOBS], app[HUB], streams.stats)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -555,6 +594,18 @@ async def index(request: web.Request) -> web.StreamResponse:
     if not page.is_file():
         raise web.HTTPNotFound(reason="the page is not installed")
     return web.FileResponse(page)
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for /favicon.ico on pages that name no icon (/openapi.json, /metrics)."""
+    return web.FileResponse(STATIC_DIR / "favicon.svg")
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise RequestError(f"no file {name!r}", status=404, field="name")
+    return web.FileResponse(STATIC_DIR / name)
 
 
 # -- the application ----------------------------------------------------------------------
@@ -565,6 +616,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     database = await connect(settings)
     interrupted = await database.repository.mark_interrupted()
     if interrupted:
+        app[METRICS].scan_finished("interrupted", len(interrupted))
         log.warning(
             "marked %d scan(s) left running by a dead process as interrupted", len(interrupted)
         )
@@ -577,11 +629,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         hub=hub,
         persister=persister,
         pool=pool,
+        metrics=app[METRICS],
         cache_dir=settings.cache_dir if settings.use_cache else None,
         max_concurrent_scans=settings.max_concurrent_scans,
         max_queued_scans=settings.max_queued_scans,
     )
     jobs.start()
+    app[METRICS].attach(jobs=jobs, hub=hub, streams=app[STREAM_STATS])
     app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (
         database,
         hub,
@@ -613,11 +667,13 @@ async def _on_shutdown(app: web.Application) -> None:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     app = web.Application(
-        middlewares=[error_middleware, access_middleware, auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, access_middleware, auth_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[STREAM_STATS] = StreamStats()
+    app[OPENAPI] = openapi.document_bytes(settings, version=version())
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post("/scan/start", start_scan)
@@ -632,7 +688,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/universe", universe_routes.universe_sectors)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/", index)
-    if STATIC_DIR.is_dir():
-        app.router.add_static("/static/", STATIC_DIR)
+    app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/static/{name}", static_file)
     return app

@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
@@ -30,9 +30,14 @@ from technic.server.hub import Hub
 from technic.server.persist import Persister
 from technic.storage import Repository, StorageError
 
+if TYPE_CHECKING:
+    from technic.server.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 FINISHED_JOBS_KEPT = 256
+# How many recent scan durations the Retry-After estimate averages.
+RECENT_DURATIONS_KEPT = 20
 PRIORS_TIMEOUT_S = 2.0
 
 
@@ -71,6 +76,7 @@ class JobManager:
         hub: Hub,
         persister: Persister,
         pool: WorkerPool,
+        metrics: Metrics,
         cache_dir: Path | None,
         max_concurrent_scans: int,
         max_queued_scans: int,
@@ -80,15 +86,13 @@ class JobManager:
         self.hub = hub
         self.persister = persister
         self.pool = pool
+        self.metrics = metrics
         self.cache_dir = cache_dir
         self.max_concurrent_scans = max_concurrent_scans
         self.max_queued_scans = max_queued_scans
         self.progress_interval_s = progress_interval_s
         self.accepting = True
-        self.scans_by_status: dict[str, int] = {}
-        self.stage_seconds: dict[str, list[float]] = {}
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._recent_durations_s: deque[float] = deque(maxlen=RECENT_DURATIONS_KEPT)
         self._queue: deque[Job] = deque()
         self._queue_ready = asyncio.Condition()
         self._running: dict[str, Job] = {}
@@ -164,7 +168,6 @@ class JobManager:
             f"create scan {job.scan_id}",
             lambda: self.repository.create_scan(scan_uuid, config.to_dict()),
         )
-        self._count("pending")
         self._queue.append(job)
         async with self._queue_ready:
             self._queue_ready.notify()
@@ -185,14 +188,9 @@ class JobManager:
     # -- internals ------------------------------------------------------------------------
 
     def _retry_after_s(self) -> int:
-        durations = self.stage_seconds.get("total") or [10.0]
-        mean_s = sum(durations[-20:]) / len(durations[-20:])
+        durations = self._recent_durations_s or (10.0,)
+        mean_s = sum(durations) / len(durations)
         return max(1, int(mean_s * (len(self._queue) + 1) / self.max_concurrent_scans))
-
-    def _count(self, status: str, previous: str | None = None) -> None:
-        if previous is not None:
-            self.scans_by_status[previous] = self.scans_by_status.get(previous, 1) - 1
-        self.scans_by_status[status] = self.scans_by_status.get(status, 0) + 1
 
     def _cancel_queued(self, job: Job) -> None:
         tracker = MultiStageProgressTracker(scan_id=job.scan_id)
@@ -206,7 +204,7 @@ class JobManager:
         """Record the end of a scan. Its rows live only in the persister's queued writes from
         here on, and are released as soon as they are stored (or kept, through a database
         outage, until they are); ``job.stored`` tells readers when storage has it all."""
-        self._count(status, job.status)
+        self.metrics.scan_finished(status)
         job.status = status
         job.error = error
         metrics = result.metrics if result is not None else None
@@ -268,7 +266,6 @@ class JobManager:
         self.persister.submit(
             f"start scan {job.scan_id}", lambda: self.repository.transition(scan_uuid, "running")
         )
-        self._count("running", job.status)
         job.status = "running"
 
         def on_progress(snapshot: Snapshot) -> None:
@@ -292,13 +289,9 @@ class JobManager:
             log.warning("scan %s failed: %s", job.scan_id, error)
             self._finish(job, "failed", str(error))
             return
-        if result.metrics.get("cache_hit"):
-            self.cache_hits += 1
-        else:
-            self.cache_misses += 1
-        for stage, seconds in result.stage_timings.items():
-            self.stage_seconds.setdefault(stage, []).append(seconds)
-        self.stage_seconds.setdefault("total", []).append(time.monotonic() - started)
+        if self.cache_dir is not None:
+            self.metrics.cache_lookup(hit=bool(result.metrics.get("cache_hit")))
+        self._recent_durations_s.append(time.monotonic() - started)
         self._finish(job, result.status, None, result)
 
     async def _priors(self, config: ScanConfig) -> dict[str, float]:
@@ -342,6 +335,8 @@ class JobManager:
                             self.repository.update_scan, scan_uuid, universe_size=int(selected)
                         ),
                     )
+            if status == "completed" and detail["duration"] is not None:
+                self.metrics.stage_completed(stage, detail["duration"])
             if status in STAGE_END_STATUSES:
                 self.persister.submit(
                     f"finish stage {stage}",

@@ -98,6 +98,8 @@ SEND_BUFFER_BYTES = 4 * 1024
 class StreamStats:
     """Counters of the stream handlers for ``/metrics``: open now, and totals since start.
 
+    Each application has its own (``server.app``), read by ``server.metrics`` on scrape.
+
     ``ws_direct_writes`` is the part of ``ws_messages_sent`` written by the publish sweep
     itself; the rest went through a watcher's own task (first snapshot, slow watchers).
     """
@@ -110,15 +112,6 @@ class StreamStats:
     ws_direct_writes: int = 0
     sse_messages_sent: int = 0
     sse_heartbeats_sent: int = 0
-
-    @property
-    def messages_sent(self) -> int:
-        return self.ws_messages_sent + self.sse_messages_sent
-
-
-#: The process's counters, used when a handler is given no ``stats``.
-stats = StreamStats()
-_DEFAULT_STATS = stats
 
 
 # -- WebSocket -------------------------------------------------------------------------------
@@ -206,7 +199,7 @@ async def websocket_stream(
     close_timeout_s: float = 30.0,
     send_buffer_bytes: int | None = SEND_BUFFER_BYTES,
     direct_write: bool = True,
-    stats: StreamStats | None = None,
+    stats: StreamStats,
 ) -> web.WebSocketResponse:
     """Stream ``topic`` over a WebSocket until its terminal snapshot, then close with 1000.
 
@@ -216,7 +209,6 @@ async def websocket_stream(
     aiohttp's public API from the watcher's task (slower fan-out; kept as the fallback
     and for comparison).
     """
-    stats = stats if stats is not None else _DEFAULT_STATS
     ws = web.WebSocketResponse(
         heartbeat=heartbeat_s,
         compress=False,
@@ -299,7 +291,7 @@ async def sse_stream(
     retry_ms: int = 2000,
     named_events: bool = False,
     send_buffer_bytes: int | None = SEND_BUFFER_BYTES,
-    stats: StreamStats | None = None,
+    stats: StreamStats,
 ) -> web.StreamResponse:
     """Stream ``topic`` as ``text/event-stream`` until its terminal event, then end.
 
@@ -307,7 +299,6 @@ async def sse_stream(
     client has, if it is a cursor of this stream; ``named_events`` selects the issue's
     naming (module docstring).
     """
-    stats = stats if stats is not None else _DEFAULT_STATS
     since = hub.resume_seq(topic, last_event_id)
     latest = hub.latest_message(topic)
     if since is not None and latest is not None and since == latest.seq and hub.is_finished(topic):

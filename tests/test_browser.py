@@ -447,6 +447,15 @@ def test_recent_scans_and_history(page: Any, server: Server) -> None:
     shot(page, "phone-scan")
 
 
+def test_the_api_link_opens_the_openapi_document(page: Any, server: Server) -> None:
+    page.goto(server.url + "/")
+    with page.expect_response(f"{server.url}/openapi.json") as answer:
+        page.locator("footer a", has_text="API").click()
+    assert answer.value.ok
+    assert answer.value.json()["openapi"] == "3.1.0"
+    page.wait_for_url(f"{server.url}/openapi.json")
+
+
 def test_reconnects_after_a_server_restart_with_a_token(
     browser: Any, pg_server_url: str, tmp_path: Path, console: Console
 ) -> None:
