@@ -37,8 +37,7 @@ from aiohttp import hdrs, web
 from technic.config import Settings
 from technic.engine.errors import DataError, InvalidConfig
 from technic.engine.progress import TERMINAL_STATUSES
-from technic.engine.providers import provider_for
-from technic.engine.universe import select
+from technic.engine.scan import select_symbols
 from technic.engine.workers import WorkerPool
 from technic.server import streams, universe_routes
 from technic.server.errors import (
@@ -236,19 +235,11 @@ def _check_connections(request: web.Request) -> None:
         raise RequestError("too many open watchers; try again later", status=503)
 
 
-def _validate_universe(config: Any) -> None:
-    """Unknown sectors and industries are a 400 now, not a failed scan later."""
-    if not (config.sectors or config.industries):
-        return
-    universe = provider_for(config).universe()
+def _validate_universe(config: Any, max_scan_cells: int) -> None:
+    """Unknown sectors and industries, and a scan beyond MAX_SCAN_CELLS, are a 400 now,
+    not a failed scan later."""
     try:
-        select(
-            universe,
-            sectors=config.sectors,
-            industries=config.industries,
-            symbols=None,
-            max_symbols=1,
-        )
+        select_symbols(config, max_scan_cells=max_scan_cells)
     except InvalidConfig as error:
         raise RequestError(error.message, field=error.field) from None
     except DataError as error:
@@ -273,7 +264,7 @@ async def start_scan(request: web.Request) -> web.Response:
     body = await request.read()
     settings = request.app[SETTINGS]
     start = parse_start(body, max_symbols_cap=settings.max_symbols_cap)
-    await asyncio.to_thread(_validate_universe, start.config)
+    await asyncio.to_thread(_validate_universe, start.config, settings.max_scan_cells)
     jobs = request.app[JOBS]
     try:
         job = await jobs.submit(start.config)
@@ -547,6 +538,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         cache_dir=settings.cache_dir if settings.use_cache else None,
         max_concurrent_scans=settings.max_concurrent_scans,
         max_queued_scans=settings.max_queued_scans,
+        max_scan_cells=settings.max_scan_cells,
+        cache_max_bytes=settings.cache_max_bytes,
     )
     jobs.start()
     app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (

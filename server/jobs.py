@@ -70,6 +70,8 @@ class JobManager:
         cache_dir: Path | None,
         max_concurrent_scans: int,
         max_queued_scans: int,
+        max_scan_cells: int | None = None,
+        cache_max_bytes: int | None = None,
         progress_interval_s: float = 0.1,
     ) -> None:
         self.repository = repository
@@ -77,6 +79,8 @@ class JobManager:
         self.persister = persister
         self.pool = pool
         self.cache_dir = cache_dir
+        self.max_scan_cells = max_scan_cells
+        self.cache_max_bytes = cache_max_bytes
         self.max_concurrent_scans = max_concurrent_scans
         self.max_queued_scans = max_queued_scans
         self.progress_interval_s = progress_interval_s
@@ -263,6 +267,8 @@ class JobManager:
             priors=priors,
             scan_id=job.scan_id,
             progress_interval_s=self.progress_interval_s,
+            max_scan_cells=self.max_scan_cells,
+            cache_max_bytes=self.cache_max_bytes,
         )
         started = time.monotonic()
         try:

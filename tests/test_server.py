@@ -339,6 +339,36 @@ async def test_bad_start_requests_name_the_problem(
     assert fragment in error["error"]
 
 
+async def test_a_scan_beyond_max_scan_cells_is_400_and_starts_nothing(
+    service: Service, tmp_path: Path
+) -> None:
+    """The request that took 3 GiB of memory and 1.9 GiB of cache is refused at the door."""
+    response = await service.post(
+        "/scan/start",
+        {"provider": "synthetic", "max_symbols": 5000, "bars": 10_000, "lookback_bars": 10_000},
+    )
+    assert response.status == 400
+    error = await response.json()
+    assert error["field"] == "max_symbols"
+    assert "5,000 symbols x 10,000 bars = 50,000,000 cells" in error["error"]
+    assert "MAX_SCAN_CELLS (32,000,000)" in error["error"]
+    assert (await (await service.get("/scan/active")).json())["active"] == []
+    await service.settled()
+    assert (await (await service.get("/scans")).json())["scans"] == []
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+async def test_max_scan_cells_counts_the_sample_symbols_a_request_selects(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with serve(settings_for(database_url, tmp_path, max_scan_cells=100_000)) as service:
+        response = await service.post("/scan/start", {"max_symbols": 100})
+        assert response.status == 400
+        assert "100 symbols x 1,258 bars = 125,800 cells" in (await response.json())["error"]
+        energy = await service.start({"max_symbols": 500, "sectors": ["Energy"]})
+        assert (await service.wait_for(energy, {"completed", "failed"}))["status"] == "completed"
+
+
 async def test_huge_body_is_413(service: Service) -> None:
     response = await service.post("/scan/start", b'{"symbols": ["' + b"A" * 100_000 + b'"]}')
     assert response.status == 413

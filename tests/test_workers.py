@@ -23,7 +23,7 @@ from tests.live_server import running_server, wait_until
 from tests.processes import alive, cmdline, descendants, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
-SLOW_SCAN = ["--provider", "synthetic", "--symbols", "60000", "--bars", "300"]
+SLOW_SCAN = ["--provider", "synthetic", "--symbols", "30000", "--bars", "300"]
 GONE_WITHIN_S = 5.0
 
 
