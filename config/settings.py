@@ -26,6 +26,12 @@ WILDCARD_BIND_HOSTS = ("0.0.0.0", "::", "")
 # and the whole sample (504 x 1,258 = 634,032); it refuses 5,000 x 10,000 (3.3 GiB).
 DEFAULT_MAX_SCAN_CELLS = 32_000_000
 DEFAULT_CACHE_MAX_BYTES = 2 << 30
+# A server says it is alive every OWNER_HEARTBEAT_S; one silent for OWNER_TIMEOUT_S is dead
+# and its unfinished scans are marked interrupted. The timeout spans several heartbeats so
+# that a slow write or a busy moment is not taken for a death.
+DEFAULT_OWNER_HEARTBEAT_S = 5
+DEFAULT_OWNER_TIMEOUT_S = 30
+MIN_HEARTBEATS_PER_TIMEOUT = 2
 
 
 class SettingsError(ValueError):
@@ -127,6 +133,8 @@ class Settings:
     max_symbols_cap: int = 100_000
     max_scan_cells: int = DEFAULT_MAX_SCAN_CELLS
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    owner_heartbeat_s: int = DEFAULT_OWNER_HEARTBEAT_S
+    owner_timeout_s: int = DEFAULT_OWNER_TIMEOUT_S
     log_level: str = "INFO"
 
     @property
@@ -155,6 +163,14 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise SettingsError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
         data_dir = _optional(env, "TECHNIC_DATA_DIR")
+        heartbeat_s = _int(env, "OWNER_HEARTBEAT_S", DEFAULT_OWNER_HEARTBEAT_S, 1, 3600)
+        timeout_s = _int(env, "OWNER_TIMEOUT_S", DEFAULT_OWNER_TIMEOUT_S, 1, 86_400)
+        if timeout_s < MIN_HEARTBEATS_PER_TIMEOUT * heartbeat_s:
+            raise SettingsError(
+                "OWNER_TIMEOUT_S",
+                f"must be at least {MIN_HEARTBEATS_PER_TIMEOUT} x OWNER_HEARTBEAT_S "
+                f"({MIN_HEARTBEATS_PER_TIMEOUT * heartbeat_s}), got {timeout_s}",
+            )
         return cls(
             host=_optional(env, "HOST") or "127.0.0.1",
             port=_int(env, "PORT", 8000, 0, 65535),
@@ -172,5 +188,7 @@ class Settings:
             max_symbols_cap=_int(env, "MAX_SYMBOLS_CAP", 100_000, 1, 1_000_000),
             max_scan_cells=_int(env, "MAX_SCAN_CELLS", DEFAULT_MAX_SCAN_CELLS, 1, 10**12),
             cache_max_bytes=_int(env, "CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES, 0, 2**62),
+            owner_heartbeat_s=heartbeat_s,
+            owner_timeout_s=timeout_s,
             log_level=log_level,
         )

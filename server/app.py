@@ -49,6 +49,7 @@ from technic.server.errors import (
 from technic.server.hub import Hub
 from technic.server.jobs import Job, JobManager, NotAccepting, QueueFull
 from technic.server.metrics import Metrics, render_metrics
+from technic.server.ownership import Ownership
 from technic.server.persist import Persister
 from technic.server.requests import (
     RequestError,
@@ -521,11 +522,12 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     database = await connect(settings)
-    interrupted = await database.repository.mark_interrupted()
-    if interrupted:
-        log.warning(
-            "marked %d scan(s) left running by a dead process as interrupted", len(interrupted)
-        )
+    ownership = Ownership(
+        database.repository,
+        heartbeat_s=settings.owner_heartbeat_s,
+        timeout_s=settings.owner_timeout_s,
+    )
+    await ownership.start()
     hub = Hub()
     persister = Persister()
     persister.start()
@@ -540,6 +542,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         max_queued_scans=settings.max_queued_scans,
         max_scan_cells=settings.max_scan_cells,
         cache_max_bytes=settings.cache_max_bytes,
+        owner=ownership.owner,
     )
     jobs.start()
     app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (
@@ -557,6 +560,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await persister.stop()
         hub.shutdown()
         await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        await ownership.stop()
         await database.close()
 
 

@@ -72,6 +72,7 @@ class JobManager:
         max_queued_scans: int,
         max_scan_cells: int | None = None,
         cache_max_bytes: int | None = None,
+        owner: str | None = None,
         progress_interval_s: float = 0.1,
     ) -> None:
         self.repository = repository
@@ -81,6 +82,7 @@ class JobManager:
         self.cache_dir = cache_dir
         self.max_scan_cells = max_scan_cells
         self.cache_max_bytes = cache_max_bytes
+        self.owner = owner
         self.max_concurrent_scans = max_concurrent_scans
         self.max_queued_scans = max_queued_scans
         self.progress_interval_s = progress_interval_s
@@ -154,7 +156,7 @@ class JobManager:
         scan_uuid = uuid.UUID(job.scan_id)
         self.persister.submit(
             f"create scan {job.scan_id}",
-            lambda: self.repository.create_scan(scan_uuid, config.to_dict()),
+            lambda: self.repository.create_scan(scan_uuid, config.to_dict(), owner=self.owner),
         )
         self._count("pending")
         self._queue.append(job)

@@ -2,7 +2,7 @@
 
 Real servers (subprocesses), one real database and one data directory shared by both, as
 two instances behind a load balancer would run. Heartbeats are shortened to 1 s with a 3 s
-timeout so that a dead server is noticed within seconds.
+timeout. (A server on another machine, known only by its heartbeat, is in test_server.py.)
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def test_a_killed_servers_running_scan_is_interrupted_by_a_live_server(
         wait_until(lambda: stored_status(second, scan_id) == "running")
         first.kill()
         killed = time.monotonic()
-        within_s = TIMEOUT_S + HEARTBEAT_S + 1
         wait_until(lambda: stored_status(second, scan_id) == "interrupted", timeout_s=30)
-        assert time.monotonic() - killed < within_s
+        # on one machine the dead pid is proof enough: no need to wait for the timeout
+        assert time.monotonic() - killed < HEARTBEAT_S + 1
         assert "interrupted" in stored(second, scan_id)["error"]
 
 

@@ -514,6 +514,42 @@ async def test_scans_left_running_by_a_dead_process_become_interrupted(
         assert progress["status"] == "interrupted"
 
 
+async def test_scans_of_a_server_silent_on_another_machine_are_interrupted_after_the_timeout(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Another machine's server is known only by its heartbeats: its scan is left alone
+    while it beats, and interrupted once it has been silent for OWNER_TIMEOUT_S."""
+    from technic.storage import connect_url
+
+    database = await connect_url(database_url)
+    elsewhere = database.repository
+    owner = "elsewhere:4242:0123456789ab:feedfacecafe"
+    scan_uuid = uuid.uuid4()
+    settings = settings_for(database_url, tmp_path, owner_heartbeat_s=1, owner_timeout_s=3)
+    try:
+        await elsewhere.record_owner(owner)
+        await elsewhere.create_scan(scan_uuid, {"max_symbols": 5}, owner=owner)
+        await elsewhere.transition(scan_uuid, "running")
+
+        async with serve(settings) as service:
+
+            async def status() -> str:
+                return (await (await service.get(f"/scan/progress/{scan_uuid}")).json())["status"]
+
+            for _ in range(5):  # longer than the timeout, beating
+                await elsewhere.record_owner(owner)
+                last_beat = time.monotonic()
+                await asyncio.sleep(1)
+                assert await status() == "running"
+            while await status() == "running" and time.monotonic() - last_beat < 10:
+                await asyncio.sleep(0.1)
+            silent_s = time.monotonic() - last_beat
+            assert await status() == "interrupted"
+            assert 3 - 0.2 < silent_s < 3 + 1 + 0.5  # the timeout, plus up to one heartbeat
+    finally:
+        await database.close()
+
+
 # -- access --------------------------------------------------------------------------------
 
 
