@@ -35,6 +35,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 KEEP_FREED_MEMORY_BYTES = 1 << 30
 MMAP_THRESHOLD_BYTES = 256 << 20
+EXIT_PARENT_DIED = 70  # a worker's exit code when it stops because its parent is gone
 
 
 def keep_freed_memory() -> None:
@@ -51,9 +52,6 @@ def keep_freed_memory() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_MEMORY_BYTES)
     except (OSError, AttributeError):
         return
-
-
-EXIT_PARENT_DIED = 70
 
 
 def exit_with_parent() -> None:
