@@ -18,13 +18,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Host names a local server always answers to; ``allowed_hosts`` adds the one it binds.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BIND_HOSTS = ("0.0.0.0", "::", "")
-# Measured on synthetic scans (2 workers): 47 to 113 bytes of memory a cell at the peak
-# (fewest bytes with many symbols of few bars), and 40 bytes a cell of cache on disk. At 32
-# million cells one scan peaks at 1.5 to 3.6 GiB: the default 2 concurrent scans stay
-# under 7.2 GiB and even 4 under 14.5 GiB of a 24 GiB machine, with room for the server,
-# its watchers and the page cache. It admits 100,000 symbols x 320 bars, 60,000 x 504,
-# and the whole sample (504 x 1,258 = 634,032); it refuses 5,000 x 10,000 (3.3 GiB).
+# MAX_SCAN_CELLS: a scan's memory and cache grow with symbols x bars. Measured with
+# `technic scan` (synthetic, 2 workers, whole process tree): at 32 million cells one scan
+# peaks at 1.5 GiB (100,000 x 320 bars, or 63,000 x 504) to 2.5 GiB (3,200 x 10,000 bars)
+# of memory and writes 1.2 GiB of cache. The default 2 concurrent scans then need at most
+# 5 GiB, and even 4 at once 10 GiB, of a 24 GiB machine, leaving room for the server, its
+# watchers and the page cache that holds the blocks being read. Admitted: 100,000 symbols
+# of 320 bars, 63,000 of 504, 10,000 of 3,200, the whole sample (504 x 1,258); refused:
+# the 5,000 x 10,000 request that took 3.3 GiB (50 million cells).
 DEFAULT_MAX_SCAN_CELLS = 32_000_000
+# CACHE_MAX_BYTES: room for a block at the cell limit (1.2 GiB) and a few smaller ones.
 DEFAULT_CACHE_MAX_BYTES = 2 << 30
 # A server says it is alive every OWNER_HEARTBEAT_S; one silent for OWNER_TIMEOUT_S is dead
 # and its unfinished scans are marked interrupted. The timeout spans several heartbeats so

@@ -129,11 +129,11 @@ class ScanConfig:
 def check_scan_cells(symbols: int, bars: int, max_scan_cells: int | None) -> None:
     """Refuse a scan whose price block, ``symbols`` x ``bars``, is beyond ``max_scan_cells``.
 
-    Why cells: a scan's memory and cache grow with symbols x bars (40 bytes a cell on disk;
-    measured peaks of 50 to 110 bytes a cell in memory), not with either alone, so 100,000
-    symbols of one year and 2,500 symbols of forty years cost the same. ``max_scan_cells``
-    is the ``MAX_SCAN_CELLS`` setting (None: no limit); the field named is the one every
-    provider lets a request change.
+    Why cells: a scan's memory and cache grow with symbols x bars (40 bytes a cell on disk,
+    about 50 to 85 in memory at the peak), not with either alone: 100,000 symbols of one
+    year cost about what 2,500 symbols of forty years do. ``max_scan_cells`` is the
+    ``MAX_SCAN_CELLS`` setting (None: no limit); the field named is the one every provider
+    lets a request change.
     """
     cells = symbols * bars
     if max_scan_cells is not None and cells > max_scan_cells:
