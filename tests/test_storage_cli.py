@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -155,7 +156,7 @@ def test_migrate_reports(
     env.setenv("DATABASE_URL", empty_database_url)
     assert run(["migrate"]) == 0
     out = capsys.readouterr().out.splitlines()
-    files = [m.file for m in discover()]
+    files = [m.file for m in asyncio.run(discover())]
     assert out[1 : 1 + len(files)] == [f"applied {file}" for file in files]
     assert out[-1].startswith(f"{len(files)} migrations applied in ")
     assert run(["migrate"]) == 0

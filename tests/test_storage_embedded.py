@@ -40,7 +40,7 @@ async def test_start_use_stop_restart(tmp_path: Path) -> None:
         assert database.embedded is not None and database.embedded.started_in_s is not None
         assert database.description == f"embedded PostgreSQL in {pgdata.resolve()}"
         assert database.migration_report is not None
-        assert database.migration_report.applied == [m.file for m in discover()]
+        assert database.migration_report.applied == [m.file for m in await discover()]
         repo = database.repository
         scan = await repo.create_scan(uuid4(), {"max_symbols": 3})
         await repo.transition(scan.id, "running")
