@@ -73,6 +73,8 @@ def _scan_command(args: argparse.Namespace) -> int:
                 executor=executor,
                 cancel=cancel,
                 cache_dir=cache_dir,
+                max_scan_cells=settings.max_scan_cells,
+                cache_max_bytes=settings.cache_max_bytes,
             )
         except BaseException as error:
             outcome["error"] = error

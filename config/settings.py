@@ -18,6 +18,23 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Host names a local server always answers to; ``allowed_hosts`` adds the one it binds.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BIND_HOSTS = ("0.0.0.0", "::", "")
+# MAX_SCAN_CELLS: a scan's memory and cache grow with symbols x bars. Measured with
+# `technic scan` (synthetic, 2 workers, whole process tree): at 32 million cells one scan
+# peaks at 1.5 GiB (100,000 x 320 bars, or 63,000 x 504) to 2.5 GiB (3,200 x 10,000 bars)
+# of memory and writes 1.2 GiB of cache. The default 2 concurrent scans then need at most
+# 5 GiB, and even 4 at once 10 GiB, of a 24 GiB machine, leaving room for the server, its
+# watchers and the page cache that holds the blocks being read. Admitted: 100,000 symbols
+# of 320 bars, 63,000 of 504, 10,000 of 3,200, the whole sample (504 x 1,258); refused:
+# the 5,000 x 10,000 request that took 3.3 GiB (50 million cells).
+DEFAULT_MAX_SCAN_CELLS = 32_000_000
+# CACHE_MAX_BYTES: room for a block at the cell limit (1.2 GiB) and a few smaller ones.
+DEFAULT_CACHE_MAX_BYTES = 2 << 30
+# A server says it is alive every OWNER_HEARTBEAT_S; one silent for OWNER_TIMEOUT_S is dead
+# and its unfinished scans are marked interrupted. The timeout spans several heartbeats so
+# that a slow write or a busy moment is not taken for a death.
+DEFAULT_OWNER_HEARTBEAT_S = 5
+DEFAULT_OWNER_TIMEOUT_S = 30
+MIN_HEARTBEATS_PER_TIMEOUT = 2
 
 
 class SettingsError(ValueError):
@@ -117,6 +134,10 @@ class Settings:
     max_queued_scans: int = 16
     max_connections: int = 20_000
     max_symbols_cap: int = 100_000
+    max_scan_cells: int = DEFAULT_MAX_SCAN_CELLS
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    owner_heartbeat_s: int = DEFAULT_OWNER_HEARTBEAT_S
+    owner_timeout_s: int = DEFAULT_OWNER_TIMEOUT_S
     log_level: str = "INFO"
 
     @property
@@ -145,6 +166,14 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise SettingsError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
         data_dir = _optional(env, "TECHNIC_DATA_DIR")
+        heartbeat_s = _int(env, "OWNER_HEARTBEAT_S", DEFAULT_OWNER_HEARTBEAT_S, 1, 3600)
+        timeout_s = _int(env, "OWNER_TIMEOUT_S", DEFAULT_OWNER_TIMEOUT_S, 1, 86_400)
+        if timeout_s < MIN_HEARTBEATS_PER_TIMEOUT * heartbeat_s:
+            raise SettingsError(
+                "OWNER_TIMEOUT_S",
+                f"must be at least {MIN_HEARTBEATS_PER_TIMEOUT} x OWNER_HEARTBEAT_S "
+                f"({MIN_HEARTBEATS_PER_TIMEOUT * heartbeat_s}), got {timeout_s}",
+            )
         return cls(
             host=_optional(env, "HOST") or "127.0.0.1",
             port=_int(env, "PORT", 8000, 0, 65535),
@@ -160,5 +189,9 @@ class Settings:
             max_queued_scans=_int(env, "MAX_QUEUED_SCANS", 16, 0, 10_000),
             max_connections=_int(env, "MAX_CONNECTIONS", 20_000, 1, 1_000_000),
             max_symbols_cap=_int(env, "MAX_SYMBOLS_CAP", 100_000, 1, 1_000_000),
+            max_scan_cells=_int(env, "MAX_SCAN_CELLS", DEFAULT_MAX_SCAN_CELLS, 1, 10**12),
+            cache_max_bytes=_int(env, "CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES, 0, 2**62),
+            owner_heartbeat_s=heartbeat_s,
+            owner_timeout_s=timeout_s,
             log_level=log_level,
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hmac
 import logging
 import time
@@ -37,8 +38,7 @@ from aiohttp import hdrs, web
 from technic.config import Settings
 from technic.engine.errors import DataError, InvalidConfig
 from technic.engine.progress import TERMINAL_STATUSES
-from technic.engine.providers import provider_for
-from technic.engine.universe import select
+from technic.engine.scan import select_symbols
 from technic.engine.workers import WorkerPool
 from technic.server import openapi, streams, universe_routes
 from technic.server.errors import (
@@ -50,6 +50,7 @@ from technic.server.errors import (
 from technic.server.hub import Hub
 from technic.server.jobs import Job, JobManager, NotAccepting, QueueFull
 from technic.server.metrics import Metrics
+from technic.server.ownership import Ownership
 from technic.server.persist import Persister
 from technic.server.requests import (
     RequestError,
@@ -269,19 +270,11 @@ def _check_connections(request: web.Request) -> None:
         raise RequestError("too many open watchers; try again later", status=503)
 
 
-def _validate_universe(config: Any) -> None:
-    """Unknown sectors and industries are a 400 now, not a failed scan later."""
-    if not (config.sectors or config.industries):
-        return
-    universe = provider_for(config).universe()
+def _validate_universe(config: Any, max_scan_cells: int) -> None:
+    """Unknown sectors and industries, and a scan beyond MAX_SCAN_CELLS, are a 400 now,
+    not a failed scan later."""
     try:
-        select(
-            universe,
-            sectors=config.sectors,
-            industries=config.industries,
-            symbols=None,
-            max_symbols=1,
-        )
+        select_symbols(config, max_scan_cells=max_scan_cells)
     except InvalidConfig as error:
         raise RequestError(error.message, field=error.field) from None
     except DataError as error:
@@ -306,7 +299,7 @@ async def start_scan(request: web.Request) -> web.Response:
     body = await request.read()
     settings = request.app[SETTINGS]
     start = parse_start(body, max_symbols_cap=settings.max_symbols_cap)
-    await asyncio.to_thread(_validate_universe, start.config)
+    await asyncio.to_thread(_validate_universe, start.config, settings.max_scan_cells)
     jobs = request.app[JOBS]
     try:
         job = await jobs.submit(start.config)
@@ -614,12 +607,13 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     database = await connect(settings)
-    interrupted = await database.repository.mark_interrupted()
-    if interrupted:
-        app[METRICS].scan_finished("interrupted", len(interrupted))
-        log.warning(
-            "marked %d scan(s) left running by a dead process as interrupted", len(interrupted)
-        )
+    ownership = Ownership(
+        database.repository,
+        heartbeat_s=settings.owner_heartbeat_s,
+        timeout_s=settings.owner_timeout_s,
+        on_interrupted=functools.partial(app[METRICS].scan_finished, "interrupted"),
+    )
+    await ownership.start()
     hub = Hub()
     persister = Persister()
     persister.start()
@@ -633,6 +627,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         cache_dir=settings.cache_dir if settings.use_cache else None,
         max_concurrent_scans=settings.max_concurrent_scans,
         max_queued_scans=settings.max_queued_scans,
+        max_scan_cells=settings.max_scan_cells,
+        cache_max_bytes=settings.cache_max_bytes,
+        owner=ownership.owner,
     )
     jobs.start()
     app[METRICS].attach(jobs=jobs, hub=hub, streams=app[STREAM_STATS])
@@ -651,6 +648,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await persister.stop()
         hub.shutdown()
         await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        await ownership.stop()
         await database.close()
 
 

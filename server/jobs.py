@@ -80,6 +80,9 @@ class JobManager:
         cache_dir: Path | None,
         max_concurrent_scans: int,
         max_queued_scans: int,
+        max_scan_cells: int | None = None,
+        cache_max_bytes: int | None = None,
+        owner: str | None = None,
         progress_interval_s: float = 0.1,
     ) -> None:
         self.repository = repository
@@ -88,6 +91,9 @@ class JobManager:
         self.pool = pool
         self.metrics = metrics
         self.cache_dir = cache_dir
+        self.max_scan_cells = max_scan_cells
+        self.cache_max_bytes = cache_max_bytes
+        self.owner = owner
         self.max_concurrent_scans = max_concurrent_scans
         self.max_queued_scans = max_queued_scans
         self.progress_interval_s = progress_interval_s
@@ -166,7 +172,7 @@ class JobManager:
         scan_uuid = uuid.UUID(job.scan_id)
         self.persister.submit(
             f"create scan {job.scan_id}",
-            lambda: self.repository.create_scan(scan_uuid, config.to_dict()),
+            lambda: self.repository.create_scan(scan_uuid, config.to_dict(), owner=self.owner),
         )
         self._queue.append(job)
         async with self._queue_ready:
@@ -281,6 +287,8 @@ class JobManager:
             priors=priors,
             scan_id=job.scan_id,
             progress_interval_s=self.progress_interval_s,
+            max_scan_cells=self.max_scan_cells,
+            cache_max_bytes=self.cache_max_bytes,
         )
         started = time.monotonic()
         try:

@@ -327,18 +327,22 @@ class Repository:
         *,
         owner: str | None = None,
         stale_before: datetime | None = None,
+        silent_for_s: float | None = None,
         error: str = INTERRUPTED_ERROR,
     ) -> list[UUID]:
         """Mark pending and running scans ``interrupted``; return their ids.
 
-        Call at start-up: scans still pending or running then were left by a process that
-        died. With several servers on one database, narrow it with ``owner`` (the value
-        given to ``create_scan``) or ``stale_before`` (no write since then). Their running
-        stages become ``failed``.
+        Scans still pending or running were left by a process that died. With several
+        servers on one database, narrow it: ``silent_for_s`` takes only the scans whose
+        owner (the value given to ``create_scan``) has not been seen by ``record_owner``
+        for that many seconds, or that have no owner; ``owner`` takes one owner's scans,
+        ``stale_before`` those with no write since then. Their running stages become
+        ``failed``.
         """
         since = None if stale_before is None else _aware("stale_before", stale_before)
         if owner is not None:
             _text("owner", owner)
+        silent = None if silent_for_s is None else _seconds("silent_for_s", silent_for_s)
         _text("error", error)
         records = await self._pool.fetch(
             """
@@ -351,6 +355,10 @@ class Repository:
                 WHERE status IN ('pending', 'running')
                   AND ($1::text IS NULL OR owner = $1)
                   AND ($2::timestamptz IS NULL OR updated_at < $2)
+                  AND ($4::double precision IS NULL OR owner IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM scan_owners o
+                        WHERE o.owner = scans.owner
+                          AND o.seen_at > now() - make_interval(secs => $4)))
                 RETURNING id
             ), t AS (
                 UPDATE stage_timings SET status = 'failed'
@@ -361,8 +369,38 @@ class Repository:
             owner,
             since,
             error,
+            silent,
         )
         return [r["id"] for r in records]
+
+    # ----------------------------------------------------------------- owners
+
+    @db_call("record owner")
+    async def record_owner(self, owner: str) -> None:
+        """Say that ``owner`` is alive now (its first call registers it)."""
+        await self._pool.execute(
+            """
+            INSERT INTO scan_owners (owner) VALUES ($1)
+            ON CONFLICT (owner) DO UPDATE SET seen_at = now()
+            """,
+            _text("owner", owner),
+        )
+
+    @db_call("list owners")
+    async def owners(self) -> list[str]:
+        """Every owner recorded and not yet forgotten."""
+        records = await self._pool.fetch("SELECT owner FROM scan_owners ORDER BY owner")
+        return [r["owner"] for r in records]
+
+    @db_call("forget silent owners")
+    async def forget_silent_owners(self, silent_for_s: float) -> int:
+        """Drop the owners not seen for ``silent_for_s`` (dead; call after
+        ``mark_interrupted`` took their scans), so the table holds live owners only."""
+        status = await self._pool.execute(
+            "DELETE FROM scan_owners WHERE seen_at <= now() - make_interval(secs => $1)",
+            _seconds("silent_for_s", silent_for_s),
+        )
+        return int(status.split()[-1])
 
     # ----------------------------------------------------------------- stages
 
@@ -955,6 +993,12 @@ def _text(name: str, value: object) -> str:
     if not isinstance(value, str) or "\x00" in value:
         raise InvalidInput(name, "must be a string without NUL characters")
     return value
+
+
+def _seconds(name: str, value: object) -> float:
+    if not _is_number(value) or not 0 <= value < 10**9:  # type: ignore[operator]
+        raise InvalidInput(name, f"must be a number of seconds from 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def _limit(value: object) -> int:

@@ -116,7 +116,7 @@ def test_watch_a_scan_to_completion_exits_0(server: Server) -> None:
 
 
 def test_watch_a_cancelled_scan_exits_130(server: Server) -> None:
-    scan_id = server.start_scan(provider="synthetic", max_symbols=100000)
+    scan_id = server.start_scan(provider="synthetic", max_symbols=60_000)
     watcher = spawn("watch", scan_id, "--server", server.url)
     wait_until(lambda: scan_id in running_scans(server))
     time.sleep(0.5)
@@ -164,7 +164,7 @@ def test_bad_arguments_exit_2_with_one_line(
 
 
 def test_watch_redraws_in_place_on_a_terminal(server: Server) -> None:
-    scan_id = server.start_scan(provider="synthetic", max_symbols=100000)
+    scan_id = server.start_scan(provider="synthetic", max_symbols=60_000)
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [str(TECHNIC), "watch", scan_id, "--server", server.url],
@@ -257,9 +257,7 @@ def test_scan_on_a_server_exit_codes(server: Server) -> None:
 
 
 def test_ctrl_c_cancels_the_scan_on_the_server(server: Server) -> None:
-    process = spawn(
-        "scan", "--server", server.url, "--provider", "synthetic", "--symbols", "100000"
-    )
+    process = spawn("scan", "--server", server.url, "--provider", "synthetic", "--symbols", "60000")
     assert process.stderr is not None
     line = process.stderr.readline()
     assert "started; watch it at" in line, line
@@ -274,7 +272,7 @@ def test_ctrl_c_cancels_the_scan_on_the_server(server: Server) -> None:
 
 def test_watch_survives_a_server_restart(pg_server_url: str, tmp_path: Path) -> None:
     with running_server(pg_server_url, tmp_path / "data", "remote-restart-server.log") as service:
-        scan_id = service.start_scan(provider="synthetic", max_symbols=100000)
+        scan_id = service.start_scan(provider="synthetic", max_symbols=60_000)
         wait_until(lambda: scan_id in running_scans(service))
         watcher = spawn("watch", scan_id, "--server", service.url)
         assert watcher.stderr is not None

@@ -339,6 +339,36 @@ async def test_bad_start_requests_name_the_problem(
     assert fragment in error["error"]
 
 
+async def test_a_scan_beyond_max_scan_cells_is_400_and_starts_nothing(
+    service: Service, tmp_path: Path
+) -> None:
+    """The request that took 3 GiB of memory and 1.9 GiB of cache is refused at the door."""
+    response = await service.post(
+        "/scan/start",
+        {"provider": "synthetic", "max_symbols": 5000, "bars": 10_000, "lookback_bars": 10_000},
+    )
+    assert response.status == 400
+    error = await response.json()
+    assert error["field"] == "max_symbols"
+    assert "5,000 symbols x 10,000 bars = 50,000,000 cells" in error["error"]
+    assert "MAX_SCAN_CELLS (32,000,000)" in error["error"]
+    assert (await (await service.get("/scan/active")).json())["active"] == []
+    await service.settled()
+    assert (await (await service.get("/scans")).json())["scans"] == []
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+async def test_max_scan_cells_counts_the_sample_symbols_a_request_selects(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with serve(settings_for(database_url, tmp_path, max_scan_cells=100_000)) as service:
+        response = await service.post("/scan/start", {"max_symbols": 100})
+        assert response.status == 400
+        assert "100 symbols x 1,258 bars = 125,800 cells" in (await response.json())["error"]
+        energy = await service.start({"max_symbols": 500, "sectors": ["Energy"]})
+        assert (await service.wait_for(energy, {"completed", "failed"}))["status"] == "completed"
+
+
 async def test_huge_body_is_413(service: Service) -> None:
     response = await service.post("/scan/start", b'{"symbols": ["' + b"A" * 100_000 + b'"]}')
     assert response.status == 413
@@ -482,6 +512,42 @@ async def test_scans_left_running_by_a_dead_process_become_interrupted(
     async with serve(settings_for(database_url, tmp_path)) as service:
         progress = await (await service.get(f"/scan/progress/{scan_uuid}")).json()
         assert progress["status"] == "interrupted"
+
+
+async def test_scans_of_a_server_silent_on_another_machine_are_interrupted_after_the_timeout(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Another machine's server is known only by its heartbeats: its scan is left alone
+    while it beats, and interrupted once it has been silent for OWNER_TIMEOUT_S."""
+    from technic.storage import connect_url
+
+    database = await connect_url(database_url)
+    elsewhere = database.repository
+    owner = "elsewhere:4242:0123456789ab:feedfacecafe"
+    scan_uuid = uuid.uuid4()
+    settings = settings_for(database_url, tmp_path, owner_heartbeat_s=1, owner_timeout_s=3)
+    try:
+        await elsewhere.record_owner(owner)
+        await elsewhere.create_scan(scan_uuid, {"max_symbols": 5}, owner=owner)
+        await elsewhere.transition(scan_uuid, "running")
+
+        async with serve(settings) as service:
+
+            async def status() -> str:
+                return (await (await service.get(f"/scan/progress/{scan_uuid}")).json())["status"]
+
+            for _ in range(5):  # longer than the timeout, beating
+                await elsewhere.record_owner(owner)
+                last_beat = time.monotonic()
+                await asyncio.sleep(1)
+                assert await status() == "running"
+            while await status() == "running" and time.monotonic() - last_beat < 10:
+                await asyncio.sleep(0.1)
+            silent_s = time.monotonic() - last_beat
+            assert await status() == "interrupted"
+            assert 3 - 0.2 < silent_s < 3 + 1 + 0.5  # the timeout, plus up to one heartbeat
+    finally:
+        await database.close()
 
 
 # -- access --------------------------------------------------------------------------------

@@ -709,6 +709,35 @@ async def test_mark_interrupted(module_repository: Repository) -> None:
     assert await repo.mark_interrupted() == []
 
 
+async def test_mark_interrupted_spares_the_scans_of_owners_seen_recently(
+    module_repository: Repository,
+) -> None:
+    repo = module_repository
+    await repo.pool.execute("DELETE FROM scan_owners")
+    await repo.record_owner("alive")
+    await repo.record_owner("dead")
+    await repo.pool.execute(
+        "UPDATE scan_owners SET seen_at = now() - interval '1 minute' WHERE owner = 'dead'"
+    )
+    alive = await repo.create_scan(uuid4(), {}, owner="alive")
+    await repo.transition(alive.id, "running")
+    dead = await repo.create_scan(uuid4(), {}, owner="dead")
+    await repo.transition(dead.id, "running")
+    never_recorded = await repo.create_scan(uuid4(), {}, owner="never-recorded")
+    no_owner = await repo.create_scan(uuid4(), {})
+
+    marked = await repo.mark_interrupted(silent_for_s=30)
+    assert set(marked) == {dead.id, never_recorded.id, no_owner.id}
+    assert (await repo.get_scan(alive.id)).status == "running"  # type: ignore[union-attr]
+    assert await repo.forget_silent_owners(30) == 1
+    owners = await repo.pool.fetch("SELECT owner FROM scan_owners")
+    assert [r["owner"] for r in owners] == ["alive"]
+    await repo.record_owner("alive")  # a heartbeat: the same owner, seen again
+    assert await repo.pool.fetchval("SELECT count(*) FROM scan_owners") == 1
+    with pytest.raises(InvalidInput, match="silent_for_s"):
+        await repo.mark_interrupted(silent_for_s=-1)
+
+
 async def test_deleting_a_scan_deletes_its_rows(module_repository: Repository) -> None:
     repo = module_repository
     keep, drop = await drive(repo, "running"), await drive(repo, "running")

@@ -66,7 +66,7 @@ async def run_scan(
 ) -> tuple[float, str]:
     """One scan; its watchers connect while it waits in the queue, so only the cost of
     serving them is measured, not that of a thousand handshakes."""
-    blocker = await start(session, url, {**body, "max_symbols": 100_000})
+    blocker = await start(session, url, {**body, "max_symbols": 60_000})
     scan_id = await start(session, url, body)
     connected = 0
     all_connected = asyncio.Event()
