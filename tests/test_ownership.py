@@ -17,8 +17,9 @@ import pytest
 from tests.live_server import OUTPUT, Server, fresh_database, server_env, wait_until
 
 HEARTBEAT_S = 1
-# a scan that outlives several heartbeat timeouts
-SLOW_SCAN = {"provider": "synthetic", "max_symbols": 60_000, "bars": 300}
+# a scan that outlives several heartbeat timeouts even on a quiet machine: as many cells as
+# MAX_SCAN_CELLS allows, on one worker (a 60,000 x 300 scan on two took 3.3 s: too short)
+SLOW_SCAN = {"provider": "synthetic", "max_symbols": 60_000, "bars": 530}
 
 
 @contextmanager
@@ -33,6 +34,7 @@ def two_servers(
             data_dir,
             OWNER_HEARTBEAT_S=str(HEARTBEAT_S),
             OWNER_TIMEOUT_S=str(timeout_s),
+            MAX_WORKERS="1",
         )
         servers = []
         for index in (1, 2):
