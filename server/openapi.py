@@ -19,13 +19,12 @@ from typing import Any
 
 import orjson
 from technic.config import Settings
-from technic.engine.fields import NUMERIC_FIELDS
+from technic.engine.fields import NUMERIC_FIELDS, SIGNALS
 from technic.engine.progress import SCAN_STAGES, STAGE_END_STATUSES, TERMINAL_STATUSES
 from technic.engine.scan_config import MAX_BARS, MIN_BARS, TRADE_STYLES
 from technic.server.requests import API_PROVIDERS, DEFAULT_API_MAX_SYMBOLS
 from technic.server.views import PERFORMANCE_KEYS
 from technic.storage import RESULT_SORTS, SCAN_STATUSES
-from technic.storage.models import SIGNALS
 from technic.storage.repository import MAX_OFFSET, MAX_PAGE_SIZE
 
 Schema = dict[str, Any]

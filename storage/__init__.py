@@ -11,6 +11,7 @@ Typical use from the server::
 Errors are listed in ``storage.errors``; everything raised on purpose is a ``StorageError``.
 """
 
+from technic.engine.fields import SIGNALS
 from technic.storage.database import Database, connect, connect_url
 from technic.storage.embedded import EmbeddedPostgres
 from technic.storage.errors import (
@@ -25,7 +26,6 @@ from technic.storage.migrate import migrate
 from technic.storage.models import (
     SCAN_STATUSES,
     SCAN_TRANSITIONS,
-    SIGNALS,
     STAGE_STATUSES,
     STAGE_TRANSITIONS,
     STAGES,

@@ -30,6 +30,7 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 import orjson
+from technic.engine.fields import SIGNALS
 from technic.engine.progress import TERMINAL_STATUSES
 from technic.storage._pg import db_call
 from technic.storage.errors import (
@@ -42,7 +43,6 @@ from technic.storage.models import (
     RESULT_NUMBER_FIELDS,
     SCAN_STATUSES,
     SCAN_TRANSITIONS,
-    SIGNALS,
     STAGE_TRANSITIONS,
     STAGES,
     Failure,
