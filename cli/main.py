@@ -79,6 +79,8 @@ def _scan_command(args: argparse.Namespace) -> int:
                 cancel=cancel,
                 cache_dir=cache_dir,
                 polygon=polygon,
+                max_scan_cells=settings.max_scan_cells,
+                cache_max_bytes=settings.cache_max_bytes,
             )
         except BaseException as error:
             outcome["error"] = error
@@ -123,20 +125,12 @@ def _serve_command(args: argparse.Namespace) -> int:
     )
     # imported here so that a local `technic scan` does not load the web stack
     import uvloop
-    from aiohttp import web
     from technic.server.app import create_app
+    from technic.server.serving import serve
 
-    uvloop.install()
     log.info("technic starting on http://%s:%s", settings.host, settings.port)
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            shutdown_timeout=15.0,
-            access_log=None,
-        )
+        uvloop.run(serve(create_app(settings), host=settings.host, port=settings.port))
     except (StorageError, OSError) as error:
         print(f"technic serve: error: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -7,11 +7,13 @@ scan's WebSocket, and exit with how the scan ended: 0 completed, 1 failed or int
 
 How the feed works (the page's ``live.js`` does the same in the browser): ask
 ``GET /scan/progress/{id}`` first (it paints at once and tells an unknown scan, 404, from a
-missing token, 401), then follow ``/scan/ws/{id}?since=SEQ``. When the socket drops, the
-view says it is reconnecting and retries with a backoff of 0.5 s doubling to 5 s, for up to
+missing token, 401), then follow ``/scan/ws/{id}?since=EPOCH.SEQ``, the cursor of the last
+snapshot taken (``server/cursor.py``). When the socket drops, the view says it is
+reconnecting and retries with a backoff of 0.5 s doubling to 5 s, for up to
 ``RECONNECT_TIMEOUT_S``; each retry starts with the REST snapshot again, which is
 authoritative even when a restarted server numbers snapshots from zero (a scan that was
-running when its server died comes back ``interrupted``).
+running when its server died comes back ``interrupted``), and a snapshot of another stream
+(another epoch) is newer whatever its seq.
 
 On a terminal the view is redrawn in place; elsewhere (a pipe, a log file) each stage's
 start and end is printed as the local scan logs them, and the final view once at the end.
@@ -45,6 +47,7 @@ from technic.cli.output import format_results, write_output
 from technic.cli.scan_options import MARKET_UNIVERSE, scan_config
 from technic.cli.terminal_view import LiveView, render
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES
+from technic.server.cursor import Cursor
 
 # aiohttp is imported by the functions that talk to a server: every other `technic` command
 # (the local `technic scan` above all) then starts without paying for it.
@@ -56,7 +59,6 @@ log = logging.getLogger(__name__)
 RECONNECT_TIMEOUT_S = 60.0
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 5.0
 CANCEL_WAIT_S = 15.0
-MAX_RESULTS = 100_000
 # `technic scan` options that only make sense for a scan run here, not on a server.
 LOCAL_ONLY = {
     "data_dir": "--data-dir",
@@ -102,7 +104,7 @@ class Remote:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def ws_url(self, scan_id: str, since: int | None) -> str:
+    def ws_url(self, scan_id: str, since: Cursor | None) -> str:
         scheme = "wss" if self.base_url.startswith("https:") else "ws"
         url = f"{scheme}{self.base_url[self.base_url.index(':') :]}/scan/ws/{scan_id}"
         return url if since is None else f"{url}?since={since}"
@@ -222,23 +224,25 @@ async def follow(
     """
     import aiohttp
 
-    last_seq: int | None = None
+    last: Cursor | None = None  # the stream and seq of the newest snapshot taken
     lost_since: float | None = None
     attempt = 0
     backoff = FIRST_BACKOFF_S
     loop = asyncio.get_running_loop()
 
     def take(snapshot: Any, authoritative: bool = False) -> Snapshot | None:
-        nonlocal last_seq
+        nonlocal last
         if not isinstance(snapshot, dict):
             return None
-        seq = snapshot.get("seq")
+        seq, epoch = snapshot.get("seq"), snapshot.get("epoch")
         terminal = snapshot.get("status") in TERMINAL_STATUSES
         if isinstance(seq, int):
-            if not (authoritative or terminal or last_seq is None or seq > last_seq):
+            cursor = Cursor(epoch if isinstance(epoch, str) else None, seq)
+            newer = last is None or cursor.epoch != last.epoch or seq > last.seq
+            if not (authoritative or terminal or newer):
                 return None
-            if authoritative or last_seq is None or seq > last_seq:
-                last_seq = seq
+            if authoritative or newer:
+                last = cursor
         reporter.snapshot(snapshot)
         return snapshot if terminal else None
 
@@ -253,7 +257,7 @@ async def follow(
                 raise RemoteError(f"scan {scan_id} is gone from {remote.base_url}") from None
             if (final := take(snapshot, authoritative=True)) is not None:
                 return final
-            url = remote.ws_url(scan_id, last_seq)
+            url = remote.ws_url(scan_id, last)
             async with session.ws_connect(url, headers=remote.headers, heartbeat=30.0) as ws:
                 lost_since, attempt, backoff = None, 0, FIRST_BACKOFF_S
                 async for message in ws:
@@ -262,8 +266,8 @@ async def follow(
                             return final
                     elif message.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
                         break
-            # closed without the terminal snapshot (server shutting down, or a restarted
-            # server had already numbered past our seq): resynchronise through REST
+            # closed without the terminal snapshot (the server shutting down or gone):
+            # resynchronise through REST
         except aiohttp.WSServerHandshakeError as error:
             if error.status in (401, 403, 404):
                 raise RemoteError(
@@ -510,7 +514,27 @@ async def _remote_scan(
         )
         results = None
         if snapshot is not None and snapshot.get("status") == "completed":
-            results = await _get_json(
-                session, remote, f"/scan/results/{scan_id}", limit=MAX_RESULTS
-            )
+            try:
+                results = await _all_results(session, remote, scan_id)
+            except _Unavailable as error:
+                raise RemoteError(
+                    f"scan {scan_id} completed but its results cannot be read now ({error});"
+                    f" fetch them later from {remote.base_url}/scan/results/{scan_id}"
+                ) from None
         return scan_id, snapshot, results
+
+
+async def _all_results(
+    session: aiohttp.ClientSession, remote: Remote, scan_id: str
+) -> dict[str, Any]:
+    """The results body with every row, read page by page in rank order (a JSON page holds
+    the server's page size of rows, its default)."""
+    path = f"/scan/results/{scan_id}"
+    first = await _get_json(session, remote, path)
+    rows = list(first["results"])
+    while len(rows) < first["total"]:
+        page = await _get_json(session, remote, path, offset=len(rows))
+        if not page["results"]:
+            break
+        rows.extend(page["results"])
+    return {**first, "results": rows, "count": len(rows)}

@@ -15,6 +15,26 @@ from pathlib import Path
 from platformdirs import user_data_dir
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Host names a local server always answers to; ``allowed_hosts`` adds the one it binds.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+WILDCARD_BIND_HOSTS = ("0.0.0.0", "::", "")
+# MAX_SCAN_CELLS: a scan's memory and cache grow with symbols x bars. Measured with
+# `technic scan` (synthetic, 2 workers, whole process tree): at 32 million cells one scan
+# peaks at 1.5 GiB (100,000 x 320 bars, or 63,000 x 504) to 2.5 GiB (3,200 x 10,000 bars)
+# of memory and writes 1.2 GiB of cache. The default 2 concurrent scans then need at most
+# 5 GiB, and even 4 at once 10 GiB, of a 24 GiB machine, leaving room for the server, its
+# watchers and the page cache that holds the blocks being read. Admitted: 100,000 symbols
+# of 320 bars, 63,000 of 504, 10,000 of 3,200, the whole sample (504 x 1,258); refused:
+# the 5,000 x 10,000 request that took 3.3 GiB (50 million cells).
+DEFAULT_MAX_SCAN_CELLS = 32_000_000
+# CACHE_MAX_BYTES: room for a block at the cell limit (1.2 GiB) and a few smaller ones.
+DEFAULT_CACHE_MAX_BYTES = 2 << 30
+# A server says it is alive every OWNER_HEARTBEAT_S; one silent for OWNER_TIMEOUT_S is dead
+# and its unfinished scans are marked interrupted. The timeout spans several heartbeats so
+# that a slow write or a busy moment is not taken for a death.
+DEFAULT_OWNER_HEARTBEAT_S = 5
+DEFAULT_OWNER_TIMEOUT_S = 30
+MIN_HEARTBEATS_PER_TIMEOUT = 2
 POLYGON_DEFAULT_BASE_URL = "https://api.massive.com"
 POLYGON_FREE_PLAN_REQUESTS_PER_MINUTE = 5
 
@@ -57,6 +77,39 @@ def _optional(env: Mapping[str, str], name: str) -> str | None:
     return raw.strip() if raw and raw.strip() else None
 
 
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    value = _optional(env, name)
+    return tuple(item.strip() for item in value.split(",") if item.strip()) if value else None
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """``scheme://host[:port]`` entries (a trailing slash dropped), or ``*``."""
+    origins = []
+    for item in _list(env, name) or ():
+        origin = item.rstrip("/")
+        scheme, _, rest = origin.partition("://")
+        if origin != "*" and (scheme not in ("http", "https") or not rest or "/" in rest):
+            raise SettingsError(name, f"must list origins like https://host[:port], got {item!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """Host names (``[::1]`` or ``::1`` for IPv6; a port is ignored), or ``*``; None when
+    unset."""
+    hosts = []
+    for item in _list(env, name) or ():
+        host = item.lower()
+        if host.startswith("["):
+            host = host[1:].partition("]")[0]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        if not host or "/" in item or " " in item:
+            raise SettingsError(name, f"must list host names without scheme or path, got {item!r}")
+        hosts.append(host)
+    return tuple(hosts) or None
+
+
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
     value = _optional(env, name)
     if value is not None and not value.startswith(tuple(f"{s}://" for s in schemes)):
@@ -77,10 +130,16 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(user_data_dir("technic")))
     api_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    # None: the loopback names and ``host`` (see ``allowed_hosts``); ("*",): any Host.
+    allowed_hosts_setting: tuple[str, ...] | None = None
     max_concurrent_scans: int = 2
     max_queued_scans: int = 16
     max_connections: int = 20_000
     max_symbols_cap: int = 100_000
+    max_scan_cells: int = DEFAULT_MAX_SCAN_CELLS
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    owner_heartbeat_s: int = DEFAULT_OWNER_HEARTBEAT_S
+    owner_timeout_s: int = DEFAULT_OWNER_TIMEOUT_S
     log_level: str = "INFO"
     # The Massive (Polygon.io) key: kept out of repr, so a logged Settings never shows it.
     polygon_api_key: str | None = field(default=None, repr=False)
@@ -96,6 +155,21 @@ class Settings:
         """The incremental bar store of network providers (kept with the block cache)."""
         return self.data_dir / "bars"
 
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Host header names this server answers to (against DNS rebinding).
+
+        ``TECHNIC_ALLOWED_HOSTS`` when set; otherwise the loopback names, plus ``host``
+        when the server binds one address (a server on 0.0.0.0 cannot know its public
+        names: behind a proxy or on a LAN, the operator lists them).
+        """
+        if self.allowed_hosts_setting is not None:
+            return self.allowed_hosts_setting
+        host = self.host.lower().removeprefix("[").removesuffix("]")
+        if host in WILDCARD_BIND_HOSTS or host in LOOPBACK_HOSTS:
+            return LOOPBACK_HOSTS
+        return (*LOOPBACK_HOSTS, host)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -103,7 +177,14 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise SettingsError("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
         data_dir = _optional(env, "TECHNIC_DATA_DIR")
-        origins = _optional(env, "TECHNIC_ALLOWED_ORIGINS")
+        heartbeat_s = _int(env, "OWNER_HEARTBEAT_S", DEFAULT_OWNER_HEARTBEAT_S, 1, 3600)
+        timeout_s = _int(env, "OWNER_TIMEOUT_S", DEFAULT_OWNER_TIMEOUT_S, 1, 86_400)
+        if timeout_s < MIN_HEARTBEATS_PER_TIMEOUT * heartbeat_s:
+            raise SettingsError(
+                "OWNER_TIMEOUT_S",
+                f"must be at least {MIN_HEARTBEATS_PER_TIMEOUT} x OWNER_HEARTBEAT_S "
+                f"({MIN_HEARTBEATS_PER_TIMEOUT * heartbeat_s}), got {timeout_s}",
+            )
         return cls(
             host=_optional(env, "HOST") or "127.0.0.1",
             port=_int(env, "PORT", 8000, 0, 65535),
@@ -113,13 +194,16 @@ class Settings:
             use_cache=_bool(env, "USE_CACHE", True),
             data_dir=Path(data_dir).expanduser() if data_dir else Path(user_data_dir("technic")),
             api_token=_optional(env, "TECHNIC_API_TOKEN"),
-            allowed_origins=tuple(o.strip() for o in origins.split(",") if o.strip())
-            if origins
-            else (),
+            allowed_origins=_origins(env, "TECHNIC_ALLOWED_ORIGINS"),
+            allowed_hosts_setting=_hosts(env, "TECHNIC_ALLOWED_HOSTS"),
             max_concurrent_scans=_int(env, "MAX_CONCURRENT_SCANS", 2, 1, 64),
             max_queued_scans=_int(env, "MAX_QUEUED_SCANS", 16, 0, 10_000),
             max_connections=_int(env, "MAX_CONNECTIONS", 20_000, 1, 1_000_000),
             max_symbols_cap=_int(env, "MAX_SYMBOLS_CAP", 100_000, 1, 1_000_000),
+            max_scan_cells=_int(env, "MAX_SCAN_CELLS", DEFAULT_MAX_SCAN_CELLS, 1, 10**12),
+            cache_max_bytes=_int(env, "CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES, 0, 2**62),
+            owner_heartbeat_s=heartbeat_s,
+            owner_timeout_s=timeout_s,
             log_level=log_level,
             polygon_api_key=_optional(env, "POLYGON_API_KEY") or _optional(env, "MASSIVE_API_KEY"),
             polygon_base_url=(

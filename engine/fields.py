@@ -55,3 +55,6 @@ ROW_FIELDS: tuple[str, ...] = (
     "signal",
     *NUMERIC_FIELDS[2:],
 )
+
+# The signals a rating maps to, from best to worst: the order every sort by signal follows.
+SIGNALS: tuple[str, ...] = ("Strong Buy", "Buy", "Neutral", "Sell", "Strong Sell")

@@ -28,7 +28,7 @@ import pandas as pd
 from technic.engine import sample
 from technic.engine.block import PRICE_FIELDS, PriceBlock, Universe
 from technic.engine.errors import DataError, ScanCancelled
-from technic.engine.scan_config import ScanConfig
+from technic.engine.scan_config import ScanConfig, check_scan_cells
 from technic.engine.universe import read_universe_file, synthetic_universe
 
 if TYPE_CHECKING:
@@ -79,6 +79,10 @@ class Provider(Protocol):
 
     def identity(self) -> str: ...
 
+    def bar_count(self) -> int | None:
+        """Rows of the block ``fetch`` will build, if known before reading any data."""
+        ...
+
     def fetch(self, symbols: np.ndarray, progress: StageProgress) -> FetchResult: ...
 
 
@@ -108,6 +112,9 @@ class SampleProvider:
         stat = sample.SAMPLE_PATH.stat()
         return f"sample:{stat.st_size}:{stat.st_mtime_ns}"
 
+    def bar_count(self) -> int:
+        return sample.sample_bar_count()
+
     def fetch(self, symbols: np.ndarray, progress: StageProgress) -> FetchResult:
         return _gather(sample.load_sample_block(), symbols, progress)
 
@@ -130,6 +137,9 @@ class SyntheticProvider:
 
     def identity(self) -> str:
         return f"synthetic:v1:{self.count}:{self.bars}:{self.seed}:{self.end}"
+
+    def bar_count(self) -> int:
+        return self.bars
 
     def dates(self) -> np.ndarray:
         end = np.busday_offset(np.datetime64(self.end, "D"), 0, roll="backward")
@@ -183,11 +193,15 @@ class CsvProvider:
     Columns are matched case-insensitively (Date/date, Open/open, ...). ``Adj Close`` is
     ignored unless ``adjusted`` is set; then open/high/low/close are scaled by
     adj_close / close so that splits and dividends do not look like crashes.
+
+    The dates (the rows of the block: every date any file has) are known only once the
+    files are read, so ``max_cells`` is checked then, before the block is built.
     """
 
     directory: Path
     universe_file: Path | None = None
     adjusted: bool = False
+    max_cells: int | None = None
 
     def _files(self) -> dict[str, Path]:
         if not self.directory.is_dir():
@@ -217,6 +231,9 @@ class CsvProvider:
             digest.update(f"{symbol}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
         return f"csv:{digest.hexdigest()}"
 
+    def bar_count(self) -> None:
+        return None
+
     def fetch(self, symbols: np.ndarray, progress: StageProgress) -> FetchResult:
         files = self._files()
         frames: dict[str, pd.DataFrame] = {}
@@ -233,6 +250,7 @@ class CsvProvider:
             progress.advance(1)
         dates = np.unique(np.concatenate([f.index.to_numpy() for f in frames.values()] or [[]]))
         dates = dates.astype("datetime64[D]")
+        check_scan_cells(len(symbols), len(dates), self.max_cells)
         out = {name: np.full((len(dates), len(symbols)), np.nan) for name in PRICE_FIELDS}
         for column, symbol in enumerate(symbols):
             frame = frames.get(symbol)
@@ -275,9 +293,15 @@ class CsvProvider:
         return frame
 
 
-def provider_for(config: ScanConfig, *, polygon: PolygonSource | None = None) -> Provider:
-    """The provider of ``config``. ``polygon`` is what the polygon provider needs from
-    outside (key, host, rate, bar store), built once per process by the server or CLI."""
+def provider_for(
+    config: ScanConfig,
+    *,
+    max_scan_cells: int | None = None,
+    polygon: PolygonSource | None = None,
+) -> Provider:
+    """The provider of ``config``; ``max_scan_cells`` reaches the one that can only check
+    it while fetching (csv); ``polygon`` is what the polygon provider needs from outside
+    (key, host, rate, bar store), built once per process by the server or the CLI."""
     if config.provider == "polygon":
         from technic.engine.polygon.provider import PolygonProvider
 
@@ -287,7 +311,9 @@ def provider_for(config: ScanConfig, *, polygon: PolygonSource | None = None) ->
         return SyntheticProvider(config.max_symbols, config.bars, config.seed, end)
     if config.provider == "csv":
         universe_file = Path(config.universe_file) if config.universe_file else None
-        return CsvProvider(Path(str(config.data_dir)), universe_file, config.adjusted)
+        return CsvProvider(
+            Path(str(config.data_dir)), universe_file, config.adjusted, max_scan_cells
+        )
     if config.universe_file:
         return _UniverseFileOverSample(Path(config.universe_file))
     return SampleProvider()

@@ -38,6 +38,7 @@ so a flat series still gets a finite plan: no field of a plan is ever NaN.
 from __future__ import annotations
 
 import numpy as np
+from technic.engine.fields import SIGNALS
 
 SUBSCORE_WEIGHTS: dict[str, float] = {
     "trend_score": 3.0,
@@ -122,7 +123,7 @@ def signal(rating: np.ndarray) -> np.ndarray:
     """The bands mirror each other around 50: 60 is Buy and 40 is Sell, 75 and 25 the strong
     ones, so a rating and its reflection always get opposite signals."""
     conditions = [rating >= 75.0, rating >= 60.0, rating > 40.0, rating > 25.0]
-    return np.select(conditions, ["Strong Buy", "Buy", "Neutral", "Sell"], default="Strong Sell")
+    return np.select(conditions, list(SIGNALS[:-1]), default=SIGNALS[-1])
 
 
 def trade_plan(

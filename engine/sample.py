@@ -29,6 +29,11 @@ def _archive() -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
+def sample_bar_count() -> int:
+    """Dates in the sample (1,258), without building the float block."""
+    return len(_archive()["dates"])
+
+
 def load_sample_universe() -> Universe:
     return read_universe_file(UNIVERSE_PATH)
 

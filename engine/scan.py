@@ -9,7 +9,9 @@
 4. finalization (0.05): merge, filter by rating, rank, build rows. Units: those 4 steps.
 
 The function is synchronous and knows nothing of asyncio, HTTP or SQL: the CLI calls it
-directly, the server calls it in a thread with a ``ProcessPoolExecutor``. Cancellation is
+directly, the server calls it in a thread with a ``ProcessPoolExecutor``. Its limits are
+passed in (``max_scan_cells``, ``cache_max_bytes``); a scan beyond ``max_scan_cells`` is
+refused once its universe is selected, before any bar is fetched. Cancellation is
 checked between fetch batches and while waiting for chunks, so it takes effect in well
 under a second; the result then says ``cancelled``. Errors mark the scan failed (the last
 snapshot says why) and propagate.
@@ -31,14 +33,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from technic.engine.block import Universe
-from technic.engine.cache import BlockCache, cache_key, read_block
+from technic.engine.cache import BlockCache, CacheLease, cache_key, read_block
 from technic.engine.chunk import ChunkJob, ChunkResult, scan_chunk
 from technic.engine.errors import InvalidConfig, ScanCancelled, WorkerDied
 from technic.engine.fields import NUMERIC_FIELDS, ROW_FIELDS
 from technic.engine.progress import MultiStageProgressTracker, Snapshot
-from technic.engine.providers import Provider, StageProgress, provider_for
+from technic.engine.providers import QUIET, Provider, StageProgress, provider_for
 from technic.engine.rating import signal
-from technic.engine.scan_config import ScanConfig
+from technic.engine.scan_config import ScanConfig, check_scan_cells
 from technic.engine.universe import select
 
 if TYPE_CHECKING:
@@ -79,9 +81,42 @@ class ScanResult:
 
 
 @dataclass
-class _Selection:
+class Selection:
+    """The symbols a scan fetches (``universe``), out of ``universe_size`` listed."""
+
     universe: Universe
+    universe_size: int
     failures: dict[str, str] = field(default_factory=dict)
+
+
+def select_symbols(
+    config: ScanConfig,
+    *,
+    max_scan_cells: int | None = None,
+    provider: Provider | None = None,
+    progress: StageProgress = QUIET,
+) -> Selection:
+    """Load the universe and apply the scan's filters, before any bar is fetched.
+
+    Raises ``InvalidConfig`` for an unknown sector or industry, and for a scan beyond
+    ``max_scan_cells`` when the provider knows its bars in advance (the csv provider checks
+    while fetching). The server calls this to answer 400 before it queues a scan; the scan
+    calls it again as its first stage, with its provider and the stage's progress (the
+    polygon market universe is fetched, in requests).
+    """
+    provider = provider or provider_for(config)
+    universe = provider.universe(progress)
+    chosen, missing = select(
+        universe,
+        sectors=config.sectors,
+        industries=config.industries,
+        symbols=config.symbols,
+        max_symbols=config.max_symbols,
+    )
+    bars = provider.bar_count()
+    if bars is not None:
+        check_scan_cells(len(chosen), bars, max_scan_cells)
+    return Selection(chosen, len(universe), {symbol: "not in the universe" for symbol in missing})
 
 
 def chunk_size_for(symbols: int) -> int:
@@ -100,6 +135,8 @@ def run_scan(
     scan_id: str | None = None,
     progress_interval_s: float = 0.1,
     max_chunks_in_flight: int | None = None,
+    max_scan_cells: int | None = None,
+    cache_max_bytes: int | None = None,
     polygon: PolygonSource | None = None,
 ) -> ScanResult:
     """Run one scan. ``executor`` None runs chunks inline; ``cache_dir`` None caches nothing.
@@ -110,6 +147,8 @@ def run_scan(
     ``priors`` (seconds per unit per stage, from past scans) make the first ETA realistic.
     ``max_chunks_in_flight`` bounds this scan's share of a shared pool (default: twice
     the executor's workers), so concurrent scans interleave instead of queueing whole.
+    ``max_scan_cells`` refuses a scan of more symbols x bars (``InvalidConfig``);
+    ``cache_max_bytes`` bounds the block cache in ``cache_dir`` (None: no limit for either).
     """
     tracker = MultiStageProgressTracker(
         on_emit=on_progress,
@@ -125,18 +164,17 @@ def run_scan(
             raise ScanCancelled
 
     try:
-        with _block_store(cache_dir) as (store, persistent):
-            selection = _load_universe(
-                config, tracker, provider_for(config, polygon=polygon), cancel
-            )
+        with contextlib.ExitStack() as held:
+            store, persistent = held.enter_context(_block_store(cache_dir, cache_max_bytes))
+            provider = provider_for(config, max_scan_cells=max_scan_cells, polygon=polygon)
+            selection = _load_universe(config, tracker, provider, cancel, max_scan_cells)
             check_cancel()
-            block_path, cache_hit = _fetch(
-                selection, tracker, store, persistent, provider_for(config, polygon=polygon), cancel
-            )
+            lease, cache_hit = _fetch(selection, tracker, store, persistent, provider, cancel)
+            held.enter_context(lease)
             chunks = _scan_symbols(
-                config, block_path, tracker, executor, check_cancel, max_chunks_in_flight
+                config, lease.path, tracker, executor, check_cancel, max_chunks_in_flight
             )
-            rows, failures, counts = _finalize(config, block_path, selection, chunks, tracker)
+            rows, failures, counts = _finalize(config, lease.path, selection, chunks, tracker)
     except ScanCancelled:
         tracker.finish("cancelled", "Scan cancelled")
         return ScanResult(
@@ -187,10 +225,12 @@ def _metrics(
 
 
 @contextlib.contextmanager
-def _block_store(cache_dir: Path | None) -> Iterator[tuple[BlockCache, bool]]:
+def _block_store(
+    cache_dir: Path | None, cache_max_bytes: int | None
+) -> Iterator[tuple[BlockCache, bool]]:
     """The persistent cache, or a throw-away one: workers always read from disk."""
     if cache_dir is not None:
-        yield BlockCache(Path(cache_dir)), True
+        yield BlockCache(Path(cache_dir), cache_max_bytes), True
         return
     with tempfile.TemporaryDirectory(prefix="technic-scan-") as scratch:
         yield BlockCache(Path(scratch)), False
@@ -244,38 +284,36 @@ def _load_universe(
     tracker: MultiStageProgressTracker,
     provider: Provider,
     cancel: CancelEvent | None,
-) -> _Selection:
+    max_scan_cells: int | None,
+) -> Selection:
     stage = "universe_loading"
     tracker.start_stage(stage, message="Loading universe")
     units = _StageUnits(tracker, stage, "Loading universe:", "Universe:", 0, cancel)
-    universe = provider.universe(units.progress)
-    if not units.planned:
-        tracker.set_total(stage, len(universe))
-        tracker.update(stage, len(universe), f"Loaded {len(universe)} symbols")
-    chosen, missing = select(
-        universe,
-        sectors=config.sectors,
-        industries=config.industries,
-        symbols=config.symbols,
-        max_symbols=config.max_symbols,
+    selection = select_symbols(
+        config, max_scan_cells=max_scan_cells, provider=provider, progress=units.progress
     )
-    if len(chosen) == 0:
+    listed, chosen = selection.universe_size, len(selection.universe)
+    if not units.planned:
+        tracker.set_total(stage, listed)
+        tracker.update(stage, listed, f"Loaded {listed} symbols")
+    if chosen == 0:
         raise InvalidConfig("symbols", "no symbol of the universe matches the filters")
     for name in ("data_fetching", "symbol_scanning"):
-        tracker.set_total(name, len(chosen))
+        tracker.set_total(name, chosen)
     tracker.set_total("finalization", len(FINALIZATION_STEPS))
-    tracker.complete_stage(stage, f"Selected {len(chosen)} of {len(universe)} symbols")
-    return _Selection(chosen, {symbol: "not in the universe" for symbol in missing})
+    tracker.complete_stage(stage, f"Selected {chosen} of {listed} symbols")
+    return selection
 
 
 def _fetch(
-    selection: _Selection,
+    selection: Selection,
     tracker: MultiStageProgressTracker,
     store: BlockCache,
     persistent: bool,
     provider: Provider,
     cancel: CancelEvent | None,
-) -> tuple[Path, bool]:
+) -> tuple[CacheLease, bool]:
+    """The block of the selection, held in the store until the scan has read it."""
     stage = "data_fetching"
     symbols = selection.universe.symbols
     tracker.start_stage(stage, total=len(symbols), message="Fetching price data")
@@ -288,9 +326,9 @@ def _fetch(
     units = _StageUnits(tracker, stage, "Fetching", "Fetched", len(symbols), cancel)
     fetched = provider.fetch(symbols, units.progress)
     units.progress.check_cancel()
-    path = store.put(key, fetched.block, fetched.failures)
+    lease = store.put(key, fetched.block, fetched.failures)
     tracker.complete_stage(stage, f"Fetched {len(symbols)} symbols")
-    return path, False
+    return lease, False
 
 
 def _window(config: ScanConfig, dates: np.ndarray) -> tuple[int, int]:
@@ -413,7 +451,7 @@ def _rows(
 def _finalize(
     config: ScanConfig,
     block_path: Path,
-    selection: _Selection,
+    selection: Selection,
     chunks: list[ChunkResult],
     tracker: MultiStageProgressTracker,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]], dict[str, Any]]:

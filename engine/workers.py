@@ -7,15 +7,27 @@ and ignores SIGINT, so Ctrl-C reaches only the parent, which cancels the scan cl
 instead of every worker dying with a traceback. The compiled indicator kernels are loaded
 (from numba's on-disk cache) while the scan is still loading its data, so the first chunk
 does not pay for them.
+
+Workers die with the process that started them. A worker's own parent is the forkserver,
+and nothing tells a worker when the server or ``technic scan`` is killed with SIGKILL: it
+would wait for work forever, keeping the forkserver (which exits only when the last process
+holding its "alive" pipe is gone) and the resource tracker alive with it. So each worker
+watches the starting process's sentinel (a pipe end that reads EOF the moment that process
+is gone, however it died) from a thread and exits then; the indicator kernels release the
+GIL, so the watcher runs even mid-chunk.
 """
 
 from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 from technic.engine import indicators
 
@@ -23,6 +35,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 KEEP_FREED_MEMORY_BYTES = 1 << 30
 MMAP_THRESHOLD_BYTES = 256 << 20
+EXIT_PARENT_DIED = 70  # a worker's exit code when it stops because its parent is gone
 
 
 def keep_freed_memory() -> None:
@@ -41,7 +54,22 @@ def keep_freed_memory() -> None:
         return
 
 
+def exit_with_parent() -> None:
+    """Exit this process as soon as the process that started it is gone, however it died."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(EXIT_PARENT_DIED)
+
+    threading.Thread(target=watch, name="technic-parent-watch", daemon=True).start()
+
+
 def _initialise_worker() -> None:
+    exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_freed_memory()
     indicators.warm_up()
@@ -70,24 +98,35 @@ class WorkerPool:
     ``submit`` raises ``BrokenProcessPool``. The scan that was running fails with a clear
     error (the job manager says so); the next ``submit`` here builds a fresh pool, so the
     next scan runs as if nothing happened.
+
+    Several scan threads submit at once, so they all see the same breakage: the rebuild
+    happens under a lock, and only the thread that still finds the broken pool in place
+    replaces it; the others submit to the pool it built.
     """
 
     def __init__(self, max_workers: int) -> None:
         self._max_workers = max_workers
+        self._lock = threading.Lock()
         self._pool = worker_pool(max_workers)
         self.rebuilds = 0
 
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        pool = self._pool
         try:
-            return self._pool.submit(fn, *args, **kwargs)
+            return pool.submit(fn, *args, **kwargs)
         except BrokenProcessPool:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = worker_pool(self._max_workers)
-            self.rebuilds += 1
-            return self._pool.submit(fn, *args, **kwargs)
+            with self._lock:
+                if self._pool is pool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = worker_pool(self._max_workers)
+                    self.rebuilds += 1
+                pool = self._pool
+            return pool.submit(fn, *args, **kwargs)
 
     def worker_pids(self) -> list[int]:
         return [process.pid for process in (self._pool._processes or {}).values()]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        with self._lock:
+            pool = self._pool
+        pool.shutdown(wait=wait, cancel_futures=cancel_futures)

@@ -4,13 +4,27 @@
 job manager) in a ``cleanup_ctx``, so tests and ``technic serve`` start and stop it the
 same way. Handlers validate input with ``server.requests`` before awaiting anything and
 raise ``RequestError``; ``error_middleware`` is the one place that turns errors into the
-JSON ``{"error": ..., "field": ...}`` responses. No finance logic lives here.
+JSON ``{"error": ..., "field": ...}`` responses (``server.errors``). No finance logic lives
+here.
+
+Cross-site requests (``access_middleware``). With no token set, the service would act on
+any request that reaches it, including one a web page on another site makes the operator's
+browser send. So: a state-changing request (any method but GET, HEAD, OPTIONS) that
+carries a body must say ``Content-Type: application/json`` (a cross-site page can only
+send ``text/plain``, form or multipart bodies without asking first, and we never answer
+CORS preflights); a state-changing request and a WebSocket handshake that carry an
+``Origin`` must come from the page this server serves or from ``TECHNIC_ALLOWED_ORIGINS``
+(no ``Origin``, as from curl or the CLI, is fine: browsers send one on every such request
+from a page); and the ``Host`` header must name
+this server (``TECHNIC_ALLOWED_HOSTS``), or a page on a domain the attacker re-points at
+127.0.0.1 (DNS rebinding) would be "same origin" and could read everything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hmac
 import logging
 import time
@@ -19,28 +33,35 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from technic.config import Settings
 from technic.engine.errors import DataError, InvalidConfig
 from technic.engine.polygon.source import MISSING_KEY_MESSAGE, source_from_settings
 from technic.engine.progress import TERMINAL_STATUSES
-from technic.engine.providers import provider_for
-from technic.engine.universe import select
+from technic.engine.scan import select_symbols
 from technic.engine.workers import WorkerPool
-from technic.server import streams, universe_routes
+from technic.server import openapi, streams, universe_routes
+from technic.server.errors import (
+    describe_protocol_error,
+    error_response,
+    json_response,
+    request_context,
+)
 from technic.server.hub import Hub
 from technic.server.jobs import Job, JobManager, NotAccepting, QueueFull
-from technic.server.metrics import Metrics, render_metrics
+from technic.server.metrics import Metrics
+from technic.server.ownership import Ownership
 from technic.server.persist import Persister
 from technic.server.requests import (
     RequestError,
+    ResultsQuery,
+    parse_cursor,
     parse_int,
-    parse_seq,
+    parse_results_query,
     parse_start,
 )
+from technic.server.streams import StreamStats
 from technic.server.views import (
     performance_metrics,
     progress_from_record,
@@ -49,10 +70,11 @@ from technic.server.views import (
     stats_json,
 )
 from technic.storage import (
-    RESULT_SORTS,
+    MAX_PAGE_SIZE,
     Database,
     DatabaseUnavailable,
     InvalidInput,
+    Scan,
     StorageError,
     connect,
 )
@@ -67,22 +89,26 @@ JOBS = web.AppKey("jobs", JobManager)
 PERSISTER = web.AppKey("persister", Persister)
 POOL = web.AppKey("pool", WorkerPool)
 METRICS = web.AppKey("metrics", Metrics)
+STREAM_STATS = web.AppKey("stream_stats", StreamStats)
+OPENAPI = web.AppKey("openapi", bytes)
 
 MAX_BODY_BYTES = 64 * 1024
 STATIC_DIR = Path(__file__).parent / "static"
-PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico"})
-DEFAULT_RESULTS_LIMIT = 1000
-MAX_RESULTS_LIMIT = 100_000
+# The page's own files, listed once: a request names one of them or gets a JSON 404, and no
+# part of a URL ever becomes a file-system path.
+STATIC_FILES = frozenset(
+    path.name
+    for path in (STATIC_DIR.iterdir() if STATIC_DIR.is_dir() else ())
+    if path.suffix in {".html", ".css", ".js", ".svg"}
+)
+PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico", "/openapi.json"})
+# how long a results request waits for a just-finished scan's writes, and then the advice
+RESULTS_STORE_WAIT_S = 10.0
+RESULTS_RETRY_AFTER_S = 2
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
 
 
 def version() -> str:
@@ -96,37 +122,85 @@ def version() -> str:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost, so it times what the client gets, error answers included. A WebSocket or
+    SSE stream lasts as long as its scan: it is counted as a watcher, not timed."""
     started = time.perf_counter()
-    route = (
-        request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:  # a redirect or other non-error the boundary re-raises
+        response = error
+    else:
+        if isinstance(response, web.WebSocketResponse) or (
+            response.content_type == "text/event-stream"
+        ):
+            return response
+    resource = request.match_info.route.resource
+    request.app[METRICS].observe_request(
+        resource.canonical if resource is not None else "unmatched",
+        request.method,
+        response.status,
+        time.perf_counter() - started,
     )
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    context = request_context(request)
     try:
         return await handler(request)
     except RequestError as error:
         headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-        body = {"error": error.message, "field": error.field}
-        body.update(error.extra)
-        return json_response(body, status=error.status, headers=headers)
+        return error_response(
+            error.status,
+            error.message,
+            error.field,
+            context=context,
+            headers=headers,
+            extra=error.extra,
+        )
     except web.HTTPRequestEntityTooLarge:
-        return json_response(
-            {"error": f"request body is larger than {MAX_BODY_BYTES} bytes", "field": None}, 413
+        return error_response(
+            413, f"request body is larger than {MAX_BODY_BYTES} bytes", context=context
         )
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return json_response({"error": error.reason, "field": None}, status=error.status)
+        return error_response(error.status, error.reason, context=context)
+    except web.RequestPayloadError as error:  # e.g. a gzip Content-Encoding on a plain body
+        return error_response(400, *describe_protocol_error(error), context=context)
     except InvalidInput as error:
-        return json_response({"error": error.message, "field": error.field}, status=400)
+        return error_response(400, error.message, error.field, context=context)
     except DatabaseUnavailable as error:
-        return json_response({"error": f"database unavailable: {error}", "field": None}, 503)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(503, f"database unavailable: {error}", context=context)
+    except Exception as error:
+        if isinstance(error, ConnectionResetError) and request.transport is None:
+            # The client left while we read its body: nobody to answer, nothing to report.
+            log.debug("client left during %s", context)
+            return json_response({"error": "client disconnected", "field": None}, 400)
+        log.exception("unhandled error on %s", context)
         return json_response({"error": "internal server error", "field": None}, 500)
-    finally:
-        request.app[METRICS].observe_request(route, time.perf_counter() - started)
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host, Origin and Content-Type checks against cross-site requests (module docstring)."""
+    settings = request.app[SETTINGS]
+    _check_host(request.headers.get(hdrs.HOST), settings.allowed_hosts)
+    websocket = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    if request.method not in SAFE_METHODS or websocket:
+        _check_origin(request)
+    changes_state = request.method not in SAFE_METHODS
+    if changes_state and request.body_exists and request.content_type != "application/json":
+        raise RequestError(
+            f"Content-Type must be application/json, got {request.content_type}",
+            status=415,
+            field="Content-Type",
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -135,10 +209,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if token is None or request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
         return await handler(request)
     header = request.headers.get("Authorization", "")
+    if not header.isascii():
+        raise RequestError("the Authorization header must be ASCII", field="Authorization")
     given = header[7:] if header.startswith("Bearer ") else None
     streaming = request.path.startswith(("/scan/ws/", "/scan/stream/"))
     if given is None and streaming:
         given = request.query.get("token")
+        if given is not None and not given.isascii():
+            raise RequestError("the token must be ASCII", field="token")
     if given is None:
         raise RequestError("missing bearer token", status=401, field="Authorization")
     if not hmac.compare_digest(given.encode(), token.encode()):
@@ -163,39 +241,44 @@ async def _known_scan(request: web.Request, scan_id: str) -> bool:
     return await request.app[DATABASE].repository.get_scan(scan_id) is not None
 
 
+def _check_host(host: str | None, allowed_hosts: tuple[str, ...]) -> None:
+    """The Host header names this server (any port), or the request is refused."""
+    if host is None or "*" in allowed_hosts:
+        return  # no Host (HTTP/1.0): not a browser, which is what the check is about
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+    if name.lower() not in allowed_hosts:
+        raise RequestError(
+            f"Host {host} is not one this server answers to; set TECHNIC_ALLOWED_HOSTS",
+            field="Host",
+        )
+
+
 def _check_origin(request: web.Request) -> None:
-    origin = request.headers.get("Origin")
-    if origin is None:
+    """No Origin (curl, the CLI), the page this server serves, or the allowlist."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or origin == f"{request.scheme}://{request.host}":
         return
     allowed = request.app[SETTINGS].allowed_origins
-    if allowed:
-        if origin in allowed or "*" in allowed:
-            return
-    elif urlsplit(origin).netloc == request.host:
+    if origin in allowed or "*" in allowed:
         return
     raise RequestError(f"origin {origin} is not allowed", status=403, field="Origin")
 
 
 def _check_connections(request: web.Request) -> None:
-    open_streams = streams.stats.open_websockets + streams.stats.open_sse
+    stats = request.app[STREAM_STATS]
+    open_streams = stats.open_websockets + stats.open_sse
     if open_streams >= request.app[SETTINGS].max_connections:
         raise RequestError("too many open watchers; try again later", status=503)
 
 
-def _validate_universe(config: Any) -> None:
-    """Unknown sectors and industries are a 400 now, not a failed scan later (the market
-    universe is listed by the provider, so the scan checks them)."""
-    if not (config.sectors or config.industries) or config.universe == "market":
+def _validate_universe(config: Any, max_scan_cells: int) -> None:
+    """Unknown sectors and industries, and a scan beyond MAX_SCAN_CELLS, are a 400 now,
+    not a failed scan later. The market universe is the provider's list, fetched by the
+    scan (in requests, with their progress): the scan checks that one."""
+    if config.universe == "market":
         return
-    universe = provider_for(config).universe()
     try:
-        select(
-            universe,
-            sectors=config.sectors,
-            industries=config.industries,
-            symbols=None,
-            max_symbols=1,
-        )
+        select_symbols(config, max_scan_cells=max_scan_cells)
     except InvalidConfig as error:
         raise RequestError(error.message, field=error.field) from None
     except DataError as error:
@@ -223,7 +306,7 @@ async def start_scan(request: web.Request) -> web.Response:
     jobs = request.app[JOBS]
     if start.config.provider == "polygon" and jobs.polygon is None:
         raise RequestError(MISSING_KEY_MESSAGE, field="provider")
-    await asyncio.to_thread(_validate_universe, start.config)
+    await asyncio.to_thread(_validate_universe, start.config, settings.max_scan_cells)
     try:
         job = await jobs.submit(start.config)
     except QueueFull as error:
@@ -233,7 +316,8 @@ async def start_scan(request: web.Request) -> web.Response:
     if start.async_mode:
         return json_response(_start_response(job), status=202)
     await job.done.wait()
-    return json_response(await _results_body(request, job.scan_id))
+    first_page = parse_results_query({})
+    return json_response(await _results_body(request, job.scan_id, first_page))
 
 
 async def scan_progress(request: web.Request) -> web.Response:
@@ -247,63 +331,57 @@ async def scan_progress(request: web.Request) -> web.Response:
     return json_response(progress_from_record(scan))
 
 
-async def _results_body(request: web.Request, scan_id: str) -> dict[str, Any]:
-    query = request.query
-    limit = parse_int(query, "limit", DEFAULT_RESULTS_LIMIT, 1, MAX_RESULTS_LIMIT)
-    offset = parse_int(query, "offset", 0, 0, 10_000_000)
-    sort = query.get("sort", "rank")
-    descending = sort.startswith("-")
-    sort = sort.lstrip("-")
-    if sort not in RESULT_SORTS:
-        raise RequestError(
-            f"must be one of {', '.join(RESULT_SORTS)} (prefix - for descending)", field="sort"
-        )
-    if query.get("order") in ("asc", "desc"):
-        descending = query["order"] == "desc"
-    elif "order" in query:
-        raise RequestError("must be asc or desc", field="order")
-    job = request.app[JOBS].get(scan_id)
-    if job is not None and job.status not in TERMINAL_STATUSES:
-        raise RequestError(
-            f"scan is {job.status}; results are ready when it completes",
-            status=409,
-            field="scan_id",
-            extra={"status": job.status},
-        )
-    if job is not None and job.result is not None:
-        result = job.result
-        rows = sorted(
-            result.rows,
-            key=lambda row: (
-                row.get(sort) is None,
-                row.get(sort) if row.get(sort) is not None else 0,
-            ),
-            reverse=descending,
-        )
-        page = rows[offset : offset + limit]
-        return {
-            "scan_id": scan_id,
-            "status": job.status,
-            "results": page,
-            "count": len(page),
-            "total": len(rows),
-            "performance_metrics": performance_metrics(result.metrics),
-            "stage_timings": result.stage_timings,
-            "failures": result.failures,
-        }
-    repository = request.app[DATABASE].repository
-    scan = await repository.get_scan(scan_id)
+async def _finished_scan(request: web.Request, scan_id: str) -> Scan:
+    """The stored record of a finished scan whose results are all in storage.
+
+    Results are read from storage only, whichever process ran the scan and whenever: one
+    implementation of sorting and paging (the repository's SQL). A scan this process has
+    just finished may still have writes queued; wait for them a little, then say so (503)
+    rather than answer from memory.
+    """
+    jobs = request.app[JOBS]
+    job = jobs.get(scan_id)
+    if job is not None and not job.stored.is_set():
+        latest = request.app[HUB].latest(scan_id) or {}
+        status = job.status if job.status in TERMINAL_STATUSES else latest.get("status")
+        if status not in TERMINAL_STATUSES:
+            raise _not_finished(job.status)
+        healthy = request.app[PERSISTER].healthy
+        if not await jobs.wait_stored(job, RESULTS_STORE_WAIT_S if healthy else 0):
+            reason = "the database is unavailable" if not healthy else "storing takes a while"
+            raise RequestError(
+                f"scan is {status}; its results are being stored ({reason}): retry shortly",
+                status=503,
+                field="scan_id",
+                retry_after_s=RESULTS_RETRY_AFTER_S,
+                extra={"status": status},
+            )
+    scan = await request.app[DATABASE].repository.get_scan(scan_id)
     if scan is None:
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
     if scan.status not in TERMINAL_STATUSES:
-        raise RequestError(
-            f"scan is {scan.status}; results are ready when it completes",
-            status=409,
-            field="scan_id",
-            extra={"status": scan.status},
-        )
+        raise _not_finished(scan.status)
+    return scan
+
+
+def _not_finished(status: str) -> RequestError:
+    return RequestError(
+        f"scan is {status}; results are ready when it completes",
+        status=409,
+        field="scan_id",
+        extra={"status": status},
+    )
+
+
+async def _results_body(request: web.Request, scan_id: str, query: ResultsQuery) -> dict[str, Any]:
+    scan = await _finished_scan(request, scan_id)
+    repository = request.app[DATABASE].repository
     page = await repository.fetch_results(
-        scan_id, sort=sort, descending=descending, limit=limit, offset=offset
+        scan_id,
+        sort=query.sort,
+        descending=query.descending,
+        limit=query.limit or MAX_PAGE_SIZE,
+        offset=query.offset,
     )
     failures = await repository.fetch_failures(scan_id) or []
     metrics = scan.metrics or {}
@@ -320,39 +398,74 @@ async def _results_body(request: web.Request, scan_id: str) -> dict[str, Any]:
     }
 
 
-async def scan_results(request: web.Request) -> web.Response:
+async def _results_csv(
+    request: web.Request, scan_id: str, query: ResultsQuery
+) -> web.StreamResponse:
+    """Every asked-for row of a stored scan, streamed as CSV a batch at a time."""
+    await _finished_scan(request, scan_id)
+    export = await request.app[DATABASE].repository.export_results(
+        scan_id,
+        sort=query.sort,
+        descending=query.descending,
+        offset=query.offset,
+        limit=query.limit,
+    )
+    if export is None:
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+    response = web.StreamResponse(
+        headers={"Content-Disposition": f'attachment; filename="technic-{scan_id}.csv"'}
+    )
+    response.content_type = "text/csv"
+    response.charset = "utf-8"
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    # From here on the status is sent: a failure can only cut the body short, which the
+    # client sees as an incomplete chunked response rather than a file that looks whole.
+    try:
+        await response.write(results_csv((), header=True).encode())
+        async for batch in export.batches():
+            # formatting ~2000 rows takes ~0.1 s of CPU: off the loop, so streams keep flowing
+            text = await asyncio.to_thread(results_csv, batch, header=False)
+            await response.write(text.encode())
+    except ConnectionError:
+        log.info("CSV export of %s: the client went away", scan_id)
+        return response
+    except StorageError as error:
+        log.warning("CSV export of %s cut short: %s", scan_id, error)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def scan_results(request: web.Request) -> web.StreamResponse:
     scan_id = _scan_id(request)
-    output = request.query.get("format", "json")
-    if output not in ("json", "csv"):
-        raise RequestError("must be json or csv", field="format")
-    body = await _results_body(request, scan_id)
-    if output == "csv":
-        return web.Response(
-            text=results_csv(body["results"]),
-            content_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="technic-{scan_id}.csv"'},
-        )
-    return json_response(body)
+    query = parse_results_query(request.query)
+    if query.output == "csv":
+        return await _results_csv(request, scan_id, query)
+    return json_response(await _results_body(request, scan_id, query))
 
 
 async def scan_ws(request: web.Request) -> web.StreamResponse:
     scan_id = _scan_id(request)
-    _check_origin(request)
-    since = parse_seq(request.query.get("since"), "since")
+    since = parse_cursor(request.query.get("since"), "since")
     if not await _known_scan(request, scan_id):
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
     _check_connections(request)
     await _ensure_topic(request, scan_id)
-    return await streams.websocket_stream(request, request.app[HUB], scan_id, since)
+    return await streams.websocket_stream(
+        request, request.app[HUB], scan_id, since, stats=request.app[STREAM_STATS]
+    )
 
 
 async def scan_sse(request: web.Request) -> web.StreamResponse:
     scan_id = _scan_id(request)
     header = request.headers.get("Last-Event-ID")
     last_event_id = (
-        parse_seq(header, "Last-Event-ID")
+        parse_cursor(header, "Last-Event-ID")
         if header
-        else parse_seq(request.query.get("last_event_id"), "last_event_id")
+        else parse_cursor(request.query.get("last_event_id"), "last_event_id")
     )
     if not await _known_scan(request, scan_id):
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
@@ -362,7 +475,12 @@ async def scan_sse(request: web.Request) -> web.StreamResponse:
     if events not in ("default", "named"):
         raise RequestError("must be default or named", field="events")
     return await streams.sse_stream(
-        request, request.app[HUB], scan_id, last_event_id, named_events=events == "named"
+        request,
+        request.app[HUB],
+        scan_id,
+        last_event_id,
+        named_events=events == "named",
+        stats=request.app[STREAM_STATS],
     )
 
 
@@ -462,9 +580,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app = request.app
-    text = render_metrics(app[METRICS], app[JOBS], app[HUB], streams.stats)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -474,17 +595,31 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page)
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for /favicon.ico on pages that name no icon (/openapi.json, /metrics)."""
+    return web.FileResponse(STATIC_DIR / "favicon.svg")
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise RequestError(f"no file {name!r}", status=404, field="name")
+    return web.FileResponse(STATIC_DIR / name)
+
+
 # -- the application ----------------------------------------------------------------------
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     database = await connect(settings)
-    interrupted = await database.repository.mark_interrupted()
-    if interrupted:
-        log.warning(
-            "marked %d scan(s) left running by a dead process as interrupted", len(interrupted)
-        )
+    ownership = Ownership(
+        database.repository,
+        heartbeat_s=settings.owner_heartbeat_s,
+        timeout_s=settings.owner_timeout_s,
+        on_interrupted=functools.partial(app[METRICS].scan_finished, "interrupted"),
+    )
+    await ownership.start()
     hub = Hub()
     persister = Persister()
     persister.start()
@@ -494,12 +629,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         hub=hub,
         persister=persister,
         pool=pool,
+        metrics=app[METRICS],
         cache_dir=settings.cache_dir if settings.use_cache else None,
         max_concurrent_scans=settings.max_concurrent_scans,
         max_queued_scans=settings.max_queued_scans,
+        max_scan_cells=settings.max_scan_cells,
+        cache_max_bytes=settings.cache_max_bytes,
+        owner=ownership.owner,
         polygon=source_from_settings(settings, keep_bars=settings.use_cache),
     )
     jobs.start()
+    app[METRICS].attach(jobs=jobs, hub=hub, streams=app[STREAM_STATS])
     app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (
         database,
         hub,
@@ -515,6 +655,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await persister.stop()
         hub.shutdown()
         await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        await ownership.stop()
         await database.close()
 
 
@@ -531,10 +672,13 @@ async def _on_shutdown(app: web.Application) -> None:
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[metrics_middleware, error_middleware, access_middleware, auth_middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[STREAM_STATS] = StreamStats()
+    app[OPENAPI] = openapi.document_bytes(settings, version=version())
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post("/scan/start", start_scan)
@@ -549,7 +693,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/universe", universe_routes.universe_sectors)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/", index)
-    if STATIC_DIR.is_dir():
-        app.router.add_static("/static/", STATIC_DIR)
+    app.router.add_get("/favicon.ico", favicon)
+    app.router.add_get("/static/{name}", static_file)
     return app

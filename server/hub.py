@@ -32,6 +32,10 @@ Why it looks the way it does:
   pass, and a snapshot published mid-pass is what the rest of the pass sends.
 - **Ordering.** A message whose ``seq`` is not above the retained one is late or a
   duplicate and is ignored. ``since`` on subscribe skips everything the client has seen.
+- **Epochs.** Each topic mints an epoch when it is created and stamps it into every
+  snapshot (``epoch``) and SSE id (``EPOCH.SEQ``), because seq restarts at 1 in a new
+  process; :meth:`Hub.resume_seq` turns a client's cursor into a ``since`` for this stream
+  (``server/cursor.py`` has the rule).
 - **Retention.** After its terminal message a topic stays retained, so a late watcher gets
   the final state at once and ends; finished topics are kept up to ``max_finished_topics``
   (least recently finished dropped first) or until :meth:`Hub.forget`.
@@ -55,6 +59,7 @@ from typing import Any, Literal
 
 import orjson
 from technic.engine.progress import TERMINAL_STATUSES
+from technic.server.cursor import Cursor
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +89,12 @@ class Message:
     """One published snapshot, serialised once, with its wire encodings built lazily.
 
     ``event`` is ``"progress"`` or, for the last message of a scan, its terminal status.
-    ``snapshot`` is the published dict (with ``published_at``); treat it as read-only.
+    ``snapshot`` is the published dict (with ``published_at`` and ``epoch``); treat it as
+    read-only.
     """
 
     topic: str
+    epoch: str
     seq: int
     event: str
     data: bytes
@@ -109,7 +116,8 @@ class Message:
     def sse_event(self, *, named: bool = False) -> bytes:
         """The SSE event bytes; the same object every call for the same ``named``.
 
-        ``named=True``: ``id``, ``event: progress`` or the terminal status, ``data``.
+        ``named=True``: ``id`` (the cursor ``EPOCH.SEQ``), ``event: progress`` or the
+        terminal status, ``data``.
         ``named=False`` (what ``EventSource.onmessage`` sees): progress snapshots carry no
         ``event:`` field; the terminal snapshot is sent unnamed and then once more named
         after its status, so ``onmessage`` sees the final state and a listener for
@@ -118,7 +126,8 @@ class Message:
         if named:
             event = self._sse_named
             if event is None:
-                event = self._sse_named = b"id: %d\nevent: %s\ndata: %s\n\n" % (
+                event = self._sse_named = b"id: %s.%d\nevent: %s\ndata: %s\n\n" % (
+                    self.epoch.encode("ascii"),
                     self.seq,
                     self.event.encode("ascii"),
                     self.data,
@@ -126,7 +135,7 @@ class Message:
             return event
         event = self._sse_compat
         if event is None:
-            event = b"id: %d\ndata: %s\n\n" % (self.seq, self.data)
+            event = b"id: %s.%d\ndata: %s\n\n" % (self.epoch.encode("ascii"), self.seq, self.data)
             if self.terminal:
                 event += self.sse_event(named=True)
             self._sse_compat = event
@@ -152,6 +161,7 @@ class HubStats:
 @dataclass(slots=True, eq=False)
 class _Topic:
     name: str
+    epoch: str = field(default_factory=Cursor.new_epoch)
     latest: Message | None = None
     finished: bool = False
     published: int = 0
@@ -423,9 +433,11 @@ class Hub:
         terminal = status in TERMINAL_STATUSES
         published_at = self._clock()
         snapshot["published_at"] = published_at
+        snapshot["epoch"] = state.epoch
         data = orjson.dumps(snapshot)
         message = Message(
             topic=topic,
+            epoch=state.epoch,
             seq=seq,
             event=str(status) if terminal else "progress",
             data=data,
@@ -525,6 +537,20 @@ class Hub:
         else:
             state.subscribers[subscription] = None
         return subscription
+
+    def resume_seq(self, topic: str, cursor: Cursor | None) -> int | None:
+        """The ``since`` for a watcher resuming at ``cursor``: its seq if the cursor belongs
+        to this topic's stream (its epoch, or a bare seq, naming a snapshot the stream has
+        sent), else None, so the watcher gets the current snapshot (``server/cursor.py``).
+
+        Call it right before :meth:`subscribe`, with no ``await`` in between.
+        """
+        state = self._topics.get(topic)
+        if cursor is None or state is None or state.latest is None:
+            return None
+        if cursor.epoch not in (None, state.epoch) or cursor.seq > state.latest.seq:
+            return None
+        return cursor.seq
 
     # -- reading ---------------------------------------------------------------------------
 

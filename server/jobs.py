@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
 from technic.engine.polygon.source import PolygonSource
@@ -31,9 +31,14 @@ from technic.server.hub import Hub
 from technic.server.persist import Persister
 from technic.storage import Repository, StorageError
 
+if TYPE_CHECKING:
+    from technic.server.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 FINISHED_JOBS_KEPT = 256
+# How many recent scan durations the Retry-After estimate averages.
+RECENT_DURATIONS_KEPT = 20
 PRIORS_TIMEOUT_S = 2.0
 
 
@@ -49,12 +54,16 @@ class NotAccepting(Exception):
 
 @dataclass
 class Job:
+    """A scan this process runs or ran. It never holds the scan's result rows: they go to
+    storage when the scan ends, and a finished job keeps only a few fields."""
+
     scan_id: str
     config: ScanConfig
     cancel: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # set once everything the scan produced (final state, results, failures) is stored
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
     status: str = "pending"
-    result: ScanResult | None = None
     error: str | None = None
     created_at: float = field(default_factory=time.time)
     stage_status: dict[str, str] = field(default_factory=dict)
@@ -68,9 +77,13 @@ class JobManager:
         hub: Hub,
         persister: Persister,
         pool: WorkerPool,
+        metrics: Metrics,
         cache_dir: Path | None,
         max_concurrent_scans: int,
         max_queued_scans: int,
+        max_scan_cells: int | None = None,
+        cache_max_bytes: int | None = None,
+        owner: str | None = None,
         progress_interval_s: float = 0.1,
         polygon: PolygonSource | None = None,
     ) -> None:
@@ -78,17 +91,18 @@ class JobManager:
         self.hub = hub
         self.persister = persister
         self.pool = pool
+        self.metrics = metrics
         self.cache_dir = cache_dir
+        self.max_scan_cells = max_scan_cells
+        self.cache_max_bytes = cache_max_bytes
+        self.owner = owner
         self.max_concurrent_scans = max_concurrent_scans
         self.max_queued_scans = max_queued_scans
         self.progress_interval_s = progress_interval_s
         # built once, so every scan shares the key's rate limiter (None: no key set)
         self.polygon = polygon
         self.accepting = True
-        self.scans_by_status: dict[str, int] = {}
-        self.stage_seconds: dict[str, list[float]] = {}
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._recent_durations_s: deque[float] = deque(maxlen=RECENT_DURATIONS_KEPT)
         self._queue: deque[Job] = deque()
         self._queue_ready = asyncio.Condition()
         self._running: dict[str, Job] = {}
@@ -130,6 +144,14 @@ class JobManager:
                 return job
         return self._running.get(scan_id) or self._finished.get(scan_id)
 
+    async def wait_stored(self, job: Job, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a finished job's writes; False if they are not done."""
+        try:
+            await asyncio.wait_for(job.stored.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     @property
     def running(self) -> list[Job]:
         return list(self._running.values())
@@ -154,9 +176,8 @@ class JobManager:
         scan_uuid = uuid.UUID(job.scan_id)
         self.persister.submit(
             f"create scan {job.scan_id}",
-            lambda: self.repository.create_scan(scan_uuid, config.to_dict()),
+            lambda: self.repository.create_scan(scan_uuid, config.to_dict(), owner=self.owner),
         )
-        self._count("pending")
         self._queue.append(job)
         async with self._queue_ready:
             self._queue_ready.notify()
@@ -177,14 +198,9 @@ class JobManager:
     # -- internals ------------------------------------------------------------------------
 
     def _retry_after_s(self) -> int:
-        durations = self.stage_seconds.get("total") or [10.0]
-        mean_s = sum(durations[-20:]) / len(durations[-20:])
+        durations = self._recent_durations_s or (10.0,)
+        mean_s = sum(durations) / len(durations)
         return max(1, int(mean_s * (len(self._queue) + 1) / self.max_concurrent_scans))
-
-    def _count(self, status: str, previous: str | None = None) -> None:
-        if previous is not None:
-            self.scans_by_status[previous] = self.scans_by_status.get(previous, 1) - 1
-        self.scans_by_status[status] = self.scans_by_status.get(status, 0) + 1
 
     def _cancel_queued(self, job: Job) -> None:
         tracker = MultiStageProgressTracker(scan_id=job.scan_id)
@@ -192,11 +208,16 @@ class JobManager:
         self.hub.publish(job.scan_id, tracker.snapshot())
         self._finish(job, "cancelled", None)
 
-    def _finish(self, job: Job, status: str, error: str | None) -> None:
-        self._count(status, job.status)
+    def _finish(
+        self, job: Job, status: str, error: str | None, result: ScanResult | None = None
+    ) -> None:
+        """Record the end of a scan. Its rows live only in the persister's queued writes from
+        here on, and are released as soon as they are stored (or kept, through a database
+        outage, until they are); ``job.stored`` tells readers when storage has it all."""
+        self.metrics.scan_finished(status)
         job.status = status
         job.error = error
-        metrics = job.result.metrics if job.result is not None else None
+        metrics = result.metrics if result is not None else None
         scan_uuid = uuid.UUID(job.scan_id)
         repository = self.repository
 
@@ -211,17 +232,21 @@ class JobManager:
                 universe_size=universe_size,
             )
 
-        if job.result is not None and status == "completed":
-            result = job.result
+        async def mark_stored() -> None:
+            job.stored.set()
+
+        if result is not None and status == "completed":
+            rows, failures = result.rows, result.failures
             self.persister.submit(
                 f"save results of {job.scan_id}",
-                lambda: repository.save_results(scan_uuid, result.rows),
+                lambda: repository.save_results(scan_uuid, rows),
             )
             self.persister.submit(
                 f"save failures of {job.scan_id}",
-                lambda: repository.save_failures(scan_uuid, result.failures),
+                lambda: repository.save_failures(scan_uuid, failures),
             )
         self.persister.submit(f"finish scan {job.scan_id}", record_end)
+        self.persister.submit(f"mark scan {job.scan_id} stored", mark_stored)
         self._finished[job.scan_id] = job
         while len(self._finished) > FINISHED_JOBS_KEPT:
             self._finished.popitem(last=False)
@@ -251,7 +276,6 @@ class JobManager:
         self.persister.submit(
             f"start scan {job.scan_id}", lambda: self.repository.transition(scan_uuid, "running")
         )
-        self._count("running", job.status)
         job.status = "running"
 
         def on_progress(snapshot: Snapshot) -> None:
@@ -267,6 +291,8 @@ class JobManager:
             priors=priors,
             scan_id=job.scan_id,
             progress_interval_s=self.progress_interval_s,
+            max_scan_cells=self.max_scan_cells,
+            cache_max_bytes=self.cache_max_bytes,
             polygon=self.polygon,
         )
         started = time.monotonic()
@@ -276,15 +302,10 @@ class JobManager:
             log.warning("scan %s failed: %s", job.scan_id, error)
             self._finish(job, "failed", str(error))
             return
-        job.result = result
-        if result.metrics.get("cache_hit"):
-            self.cache_hits += 1
-        else:
-            self.cache_misses += 1
-        for stage, seconds in result.stage_timings.items():
-            self.stage_seconds.setdefault(stage, []).append(seconds)
-        self.stage_seconds.setdefault("total", []).append(time.monotonic() - started)
-        self._finish(job, result.status, None)
+        if self.cache_dir is not None:
+            self.metrics.cache_lookup(hit=bool(result.metrics.get("cache_hit")))
+        self._recent_durations_s.append(time.monotonic() - started)
+        self._finish(job, result.status, None, result)
 
     async def _priors(self, config: ScanConfig) -> dict[str, float]:
         try:
@@ -328,6 +349,8 @@ class JobManager:
                             self.repository.update_scan, scan_uuid, universe_size=int(selected)
                         ),
                     )
+            if status == "completed" and detail["duration"] is not None:
+                self.metrics.stage_completed(stage, detail["duration"])
             if status in STAGE_END_STATUSES:
                 self.persister.submit(
                     f"finish stage {stage}",

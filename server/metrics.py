@@ -1,113 +1,167 @@
-"""Prometheus text exposition of what operators watch: scans, stages, watchers, latency.
+"""What operators watch, in Prometheus's exposition format: ``GET /metrics``.
 
-Written by hand (the format is a few lines of text) rather than pulling in a client
-library for a dozen series.
+Each application owns a :class:`Metrics` with its own ``CollectorRegistry``, never
+prometheus_client's global one, so that several applications in one process (the tests
+start dozens) keep separate counts and never collide on a metric name.
+
+Two kinds of series:
+
+- Events the service observes once each are prometheus_client instruments updated where
+  they happen: request latency (by route, method and status), scans by final status, stage
+  durations, block-cache lookups.
+- Counters the hub and the stream handlers already keep as plain integers on their hot
+  paths (a publish sweep writes one frame to thousands of watchers, and a prometheus
+  counter takes a lock per increment) are read at scrape time by :class:`_ServiceCollector`:
+  watchers open now, frames sent, snapshots conflated, scans running and queued.
+
+``process_*`` series (resident memory, CPU, open files) come from prometheus_client's
+``ProcessCollector``, registered on the same registry.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from technic.engine.progress import SCAN_STAGES, TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from technic.server.hub import Hub
+    from technic.server.jobs import JobManager
+    from technic.server.streams import StreamStats
+
+# Request latency: from a cached JSON answer (~1 ms) to a synchronous scan (seconds).
+REQUEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Stage durations: a cached fetch of a few symbols (ms) to a 100k-symbol scan (minutes).
+STAGE_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+# Methods outside this set are counted as "other": the method is the client's text, and a
+# label taken from it verbatim would let any client create series without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+TRANSPORTS = ("websocket", "sse")
 
 
-@dataclass
 class Metrics:
-    """Request count and time per route."""
+    """One application's registry and the instruments the service updates."""
 
-    request_count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    request_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_duration = Histogram(
+            "technic_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template, method and status "
+            "(WebSocket and SSE streams are counted by technic_watchers_connected_total).",
+            ["route", "method", "status"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.scans_finished = Counter(
+            "technic_scans_finished",
+            "Scans that reached a final status (interrupted: found left running at start).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.stage_duration = Histogram(
+            "technic_stage_duration_seconds",
+            "Duration of each completed scan stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.cache_lookups = Counter(
+            "technic_block_cache_lookups",
+            "Scans whose price block was looked up in the block cache, by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        # Every label value known in advance is exported from the start at 0, so that a
+        # rate() over the first increment is right and dashboards show no gaps.
+        for status in sorted(TERMINAL_STATUSES):
+            self.scans_finished.labels(status)
+        for stage, _ in SCAN_STAGES:
+            self.stage_duration.labels(stage)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result)
+        self._service = _ServiceCollector()
+        self.registry.register(self._service)
+        ProcessCollector(registry=self.registry)
 
-    def observe_request(self, route: str, seconds: float) -> None:
-        self.request_count[route] += 1
-        self.request_seconds[route] += seconds
+    def attach(self, *, jobs: JobManager, hub: Hub, streams: StreamStats) -> None:
+        """Read these at scrape time; they exist only once the application has started."""
+        self._service.jobs, self._service.hub, self._service.streams = jobs, hub, streams
+
+    def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
+        method = method if method in KNOWN_METHODS else "other"
+        self.request_duration.labels(route, method, str(status)).observe(duration_s)
+
+    def scan_finished(self, status: str, count: int = 1) -> None:
+        self.scans_finished.labels(status).inc(count)
+
+    def stage_completed(self, stage: str, duration_s: float) -> None:
+        self.stage_duration.labels(stage).observe(duration_s)
+
+    def cache_lookup(self, *, hit: bool) -> None:
+        self.cache_lookups.labels("hit" if hit else "miss").inc()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The body and its Content-Type: OpenMetrics when the scraper asks for it
+        (Prometheus does), the classic text format otherwise."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _ServiceCollector:
+    """Counters kept by the job manager, the hub and the stream handlers, read on scrape."""
 
+    def __init__(self) -> None:
+        self.jobs: JobManager | None = None
+        self.hub: Hub | None = None
+        self.streams: StreamStats | None = None
 
-def _series(
-    lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]
-) -> None:
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        lines.append(f"{name}{labels} {value}")
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
 
+    def collect(self) -> Iterator[Metric]:
+        return self._families()
 
-def render_metrics(metrics: Metrics, jobs: Any, hub: Any, stream_stats: Any) -> str:
-    lines: list[str] = []
-    _series(
-        lines,
-        "technic_scans",
-        "gauge",
-        "Scans seen by this process, by status.",
-        [(f'{{status="{_escape(s)}"}}', n) for s, n in sorted(jobs.scans_by_status.items())],
-    )
-    durations = {k: v for k, v in jobs.stage_seconds.items() if k != "total"}
-    _series(
-        lines,
-        "technic_stage_duration_seconds_sum",
-        "counter",
-        "Seconds spent per stage.",
-        [(f'{{stage="{s}"}}', f"{sum(v):.6f}") for s, v in sorted(durations.items())],
-    )
-    _series(
-        lines,
-        "technic_stage_duration_seconds_count",
-        "counter",
-        "Stages completed.",
-        [(f'{{stage="{s}"}}', len(v)) for s, v in sorted(durations.items())],
-    )
-    _series(
-        lines,
-        "technic_open_connections",
-        "gauge",
-        "Open watcher connections.",
-        [
-            ('{kind="websocket"}', stream_stats.open_websockets),
-            ('{kind="sse"}', stream_stats.open_sse),
-        ],
-    )
-    _series(
-        lines,
-        "technic_messages_sent_total",
-        "counter",
-        "Progress messages written to watchers.",
-        [("", stream_stats.messages_sent)],
-    )
-    hub_stats = hub.stats()
-    _series(
-        lines,
-        "technic_updates_conflated_total",
-        "counter",
-        "Snapshots replaced before a slow watcher read them.",
-        [("", hub_stats.conflated)],
-    )
-    _series(
-        lines,
-        "technic_http_request_duration_seconds_sum",
-        "counter",
-        "Request time per route.",
-        [
-            (f'{{route="{_escape(r)}"}}', f"{s:.6f}")
-            for r, s in sorted(metrics.request_seconds.items())
-        ],
-    )
-    _series(
-        lines,
-        "technic_http_request_duration_seconds_count",
-        "counter",
-        "Requests per route.",
-        [(f'{{route="{_escape(r)}"}}', n) for r, n in sorted(metrics.request_count.items())],
-    )
-    lookups = jobs.cache_hits + jobs.cache_misses
-    _series(
-        lines,
-        "technic_cache_hit_ratio",
-        "gauge",
-        "Share of scans whose data came from cache.",
-        [("", f"{jobs.cache_hits / lookups:.4f}" if lookups else "0")],
-    )
-    return "\n".join(lines) + "\n"
+    def _families(self) -> Iterator[Metric]:
+        jobs, hub, streams = self.jobs, self.hub, self.streams
+        scans = GaugeMetricFamily(
+            "technic_scans", "Scans running or waiting in the queue now.", labels=["state"]
+        )
+        if jobs is not None:
+            scans.add_metric(["running"], len(jobs.running))
+            scans.add_metric(["queued"], len(jobs.queued))
+        yield scans
+        watchers = GaugeMetricFamily(
+            "technic_watchers", "Progress watchers connected now.", labels=["transport"]
+        )
+        connected = CounterMetricFamily(
+            "technic_watchers_connected", "Progress watchers accepted.", labels=["transport"]
+        )
+        frames = CounterMetricFamily(
+            "technic_frames_sent",
+            "Progress snapshots written to watchers (WebSocket frames, SSE events).",
+            labels=["transport"],
+        )
+        if streams is not None:
+            watchers.add_metric(["websocket"], streams.open_websockets)
+            watchers.add_metric(["sse"], streams.open_sse)
+            connected.add_metric(["websocket"], streams.websockets_opened)
+            connected.add_metric(["sse"], streams.sse_opened)
+            frames.add_metric(["websocket"], streams.ws_messages_sent)
+            frames.add_metric(["sse"], streams.sse_messages_sent)
+        yield from (watchers, connected, frames)
+        published = CounterMetricFamily(
+            "technic_snapshots_published", "Progress snapshots published to the hub."
+        )
+        conflated = CounterMetricFamily(
+            "technic_snapshots_conflated",
+            "Snapshots replaced by a newer one before a slow watcher read them.",
+        )
+        if hub is not None:
+            stats = hub.stats()
+            published.add_metric([], stats.published)
+            conflated.add_metric([], stats.conflated)
+        yield from (published, conflated)

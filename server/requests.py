@@ -7,13 +7,14 @@ in one place (``server.errors``), so no handler builds error responses by hand.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from technic.engine.errors import InvalidConfig
 from technic.engine.scan_config import ScanConfig
+from technic.server.cursor import Cursor
+from technic.storage import MAX_OFFSET, MAX_PAGE_SIZE, MAX_RANK, RESULT_SORTS
 
 API_PROVIDERS = ("sample", "synthetic", "polygon", "massive")
 START_FIELDS = (
@@ -107,6 +108,43 @@ def parse_start(body: bytes, *, max_symbols_cap: int) -> StartRequest:
     return StartRequest(config=config, async_mode=async_mode)
 
 
+@dataclass(frozen=True)
+class ResultsQuery:
+    """What ``GET /scan/results/{id}`` asks for. ``limit`` None (CSV only) means every row."""
+
+    output: str
+    sort: str
+    descending: bool
+    limit: int | None
+    offset: int
+
+
+def parse_results_query(query: dict[str, str] | Any) -> ResultsQuery:
+    """JSON answers a page of at most ``MAX_PAGE_SIZE`` rows (default that many); CSV has no
+    page limit: every row, or ``limit`` rows, after ``offset``, in the same order."""
+    output = query.get("format", "json")
+    if output not in ("json", "csv"):
+        raise RequestError("must be json or csv", field="format")
+    if output == "json":
+        limit = parse_int(query, "limit", MAX_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    else:
+        limit = parse_int(query, "limit", None, 1, MAX_RANK)
+    offset = parse_int(query, "offset", 0, 0, MAX_OFFSET) or 0
+    sort = query.get("sort", "rank")
+    descending = sort.startswith("-")
+    sort = sort.removeprefix("-")
+    if sort not in RESULT_SORTS:
+        raise RequestError(
+            f"must be one of {', '.join(RESULT_SORTS)} (prefix - for descending)", field="sort"
+        )
+    order = query.get("order")
+    if order is not None:
+        if order not in ("asc", "desc"):
+            raise RequestError("must be asc or desc", field="order")
+        descending = order == "desc"
+    return ResultsQuery(output, sort, descending, limit, offset)
+
+
 def parse_int(
     query: dict[str, str] | Any, name: str, default: int | None, low: int, high: int
 ) -> int | None:
@@ -122,13 +160,11 @@ def parse_int(
     return value
 
 
-def parse_seq(raw: str | None, name: str) -> int | None:
+def parse_cursor(raw: str | None, name: str) -> Cursor | None:
+    """A resume cursor (``EPOCH.SEQ``, or a bare seq) from ``name``; None when absent."""
     if raw is None or raw.strip() == "":
         return None
     try:
-        value = int(raw)
-    except ValueError:
-        raise RequestError(f"must be a whole number, got {raw!r}", field=name) from None
-    if value < 0 or not math.isfinite(value):
-        raise RequestError(f"must be 0 or more, got {value}", field=name)
-    return value
+        return Cursor.parse(raw)
+    except ValueError as error:
+        raise RequestError(str(error), field=name) from None

@@ -1,21 +1,22 @@
 """WebSocket and Server-Sent-Events handlers' cores: a hub subscription written to a socket.
 
 Both take a request the route has already validated (scan id known, access checked, resume
-point parsed) and stream one topic of the :class:`~server.hub.Hub` until its terminal
+cursor parsed) and stream one topic of the :class:`~server.hub.Hub` until its terminal
 snapshot, the client leaving, or the hub shutting down.
 
-WebSocket (``GET /scan/ws/{id}?since=seq``)
+WebSocket (``GET /scan/ws/{id}?since=EPOCH.SEQ``)
     Each snapshot is one TEXT frame holding the JSON (the seed's page does
     ``JSON.parse(event.data)``; a BINARY frame would arrive as a Blob). The retained
-    snapshot comes first unless ``since`` covers it; after the terminal one the server
-    closes with 1000; on hub shutdown with 1001 "server shutting down". permessage-deflate
-    is off: the messages are small, and compressing would make every frame different per
-    watcher. A receive loop runs all along, so pings, pongs and the client's close are
-    handled; what the client sends is ignored. To close, the server stops that loop first:
-    aiohttp's ``close()`` then waits for the client's close frame before closing the
-    socket, whereas closing while another task is reading makes it drop the connection
-    at once, and a client that had not answered yet sees 1006 instead of 1000 (seen in
-    ``tests/bench/bench_fanout.py`` with thousands of watchers). After the terminal
+    snapshot comes first unless the ``since`` cursor covers it (a cursor of another stream
+    of the scan, e.g. from before a restart, covers nothing: ``server/cursor.py``); after
+    the terminal one the server closes with 1000; on hub shutdown with 1001 "server shutting
+    down". permessage-deflate is off: the messages are small, and compressing would make
+    every frame different per watcher. A receive loop runs all along, so pings, pongs and
+    the client's close are handled; what the client sends is ignored. To close, the server
+    stops that loop first: aiohttp's ``close()`` then waits for the client's close frame
+    before closing the socket, whereas closing while another task is reading makes it drop
+    the connection at once, and a client that had not answered yet sees 1006 instead of 1000
+    (seen in ``tests/bench/bench_fanout.py`` with thousands of watchers). After the terminal
     snapshot the closing handshakes wait until the sweep has reached every watcher.
 
     Fan-out: server frames are not masked, so the hub encodes each message's frame once
@@ -39,11 +40,22 @@ state within a few snapshots instead of replaying a stale backlog, and costs the
 server a few KiB, never more.
 
 SSE (``GET /scan/stream/{id}``, resume from ``Last-Event-ID`` or ``?last_event_id=``)
-    ``retry:`` first, then one event per snapshot with ``id:`` = seq, a ``: heartbeat``
-    comment after ``heartbeat_s`` of silence, and the end of the response after the
-    terminal event. A client resuming at or past the terminal seq of a finished scan gets
-    204 No Content, which is how a server tells ``EventSource`` to stop reconnecting
-    (otherwise it would reconnect every ``retry`` ms forever).
+    ``retry:`` first, then one event per snapshot with ``id:`` = the cursor ``EPOCH.SEQ``,
+    a ``: heartbeat`` comment after ``heartbeat_s`` of silence, and the end of the response
+    after the terminal event. A client resuming at the terminal snapshot of a finished
+    scan's stream gets 204 No Content, which is how a server tells ``EventSource`` to stop
+    reconnecting (otherwise it would reconnect every ``retry`` ms forever); a cursor of
+    another stream gets the current snapshot instead, so a watcher whose scan was
+    interrupted by a restart learns it.
+
+    The response says ``Connection: close``, and the connection closes after the stream.
+    Its socket was tuned for streaming (a send buffer of a few KiB, which also turns off
+    the kernel's buffer autotuning for good, and a write-buffer high-water mark of 0):
+    reused for the client's next request, a large body such as a CSV export would crawl
+    through it. ``EventSource`` opens a new connection for each reconnection anyway, and a
+    pooling client (aiohttp, requests, httpx) told ``close`` up front does not put the
+    connection back in its pool, whereas one told ``keep-alive`` would, and its next
+    request would fail on the closed socket.
 
     Event names. The issue names events (``progress``, ``completed``, ``failed``,
     ``cancelled``, ``interrupted``); the seed's page listens with
@@ -73,6 +85,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
+from technic.server.cursor import Cursor
 from technic.server.hub import Hub, Message, Subscription
 
 log = logging.getLogger(__name__)
@@ -84,6 +97,8 @@ SEND_BUFFER_BYTES = 4 * 1024
 @dataclass(slots=True)
 class StreamStats:
     """Counters of the stream handlers for ``/metrics``: open now, and totals since start.
+
+    Each application has its own (``server.app``), read by ``server.metrics`` on scrape.
 
     ``ws_direct_writes`` is the part of ``ws_messages_sent`` written by the publish sweep
     itself; the rest went through a watcher's own task (first snapshot, slow watchers).
@@ -97,28 +112,6 @@ class StreamStats:
     ws_direct_writes: int = 0
     sse_messages_sent: int = 0
     sse_heartbeats_sent: int = 0
-
-    @property
-    def messages_sent(self) -> int:
-        return self.ws_messages_sent + self.sse_messages_sent
-
-
-#: The process's counters, used when a handler is given no ``stats``.
-stats = StreamStats()
-_DEFAULT_STATS = stats
-
-
-def parse_resume_seq(value: str | None) -> int | None:
-    """A ``since`` / ``Last-Event-ID`` / ``last_event_id`` value: an int >= 0, or None.
-
-    Raises ``ValueError`` for anything else, for the route to turn into a 400.
-    """
-    if value is None or value.strip() == "":
-        return None
-    text = value.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
-        raise ValueError(f"resume point must be a non-negative integer, got {value!r}")
-    return int(text)
 
 
 # -- WebSocket -------------------------------------------------------------------------------
@@ -199,14 +192,14 @@ async def websocket_stream(
     request: web.Request,
     hub: Hub,
     topic: str,
-    since: int | None,
+    since: Cursor | None,
     *,
     heartbeat_s: float = 20.0,
     max_msg_size: int = 4096,
     close_timeout_s: float = 30.0,
     send_buffer_bytes: int | None = SEND_BUFFER_BYTES,
     direct_write: bool = True,
-    stats: StreamStats | None = None,
+    stats: StreamStats,
 ) -> web.WebSocketResponse:
     """Stream ``topic`` over a WebSocket until its terminal snapshot, then close with 1000.
 
@@ -216,7 +209,6 @@ async def websocket_stream(
     aiohttp's public API from the watcher's task (slower fan-out; kept as the fallback
     and for comparison).
     """
-    stats = stats if stats is not None else _DEFAULT_STATS
     ws = web.WebSocketResponse(
         heartbeat=heartbeat_s,
         compress=False,
@@ -227,7 +219,9 @@ async def websocket_stream(
     transport = request.transport
     _limit_backlog(transport, send_buffer_bytes)
     watcher = _WebSocketWatcher(ws, writer, transport, stats)
-    subscription = hub.subscribe(topic, since, sink=watcher.offer if direct_write else None)
+    subscription = hub.subscribe(
+        topic, hub.resume_seq(topic, since), sink=watcher.offer if direct_write else None
+    )
     watcher.subscription = subscription
     stats.open_websockets += 1
     stats.websockets_opened += 1
@@ -284,51 +278,42 @@ def _abort(transport: asyncio.BaseTransport | None) -> None:
 
 # -- Server-Sent Events ----------------------------------------------------------------------
 
-SSE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-    "Connection": "keep-alive",
-}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def sse_stream(
     request: web.Request,
     hub: Hub,
     topic: str,
-    last_event_id: int | None,
+    last_event_id: Cursor | None,
     *,
     heartbeat_s: float = 15.0,
     retry_ms: int = 2000,
     named_events: bool = False,
     send_buffer_bytes: int | None = SEND_BUFFER_BYTES,
-    stats: StreamStats | None = None,
+    stats: StreamStats,
 ) -> web.StreamResponse:
     """Stream ``topic`` as ``text/event-stream`` until its terminal event, then end.
 
     ``last_event_id`` (from ``Last-Event-ID`` or ``?last_event_id=``) skips what the
-    client has; ``named_events`` selects the issue's naming (module docstring).
+    client has, if it is a cursor of this stream; ``named_events`` selects the issue's
+    naming (module docstring).
     """
-    stats = stats if stats is not None else _DEFAULT_STATS
+    since = hub.resume_seq(topic, last_event_id)
     latest = hub.latest_message(topic)
-    if (
-        latest is not None
-        and last_event_id is not None
-        and last_event_id >= latest.seq
-        and hub.is_finished(topic)
-    ):
+    if since is not None and latest is not None and since == latest.seq and hub.is_finished(topic):
         return web.Response(status=204, headers={"Cache-Control": "no-cache"})
     response = web.StreamResponse(headers=SSE_HEADERS)
     response.content_type = "text/event-stream"
+    # Before prepare(), so the headers say Connection: close (module docstring).
+    response.force_close()
     stats.open_sse += 1
     stats.sse_opened += 1
     try:
-        async with hub.subscribe(topic, last_event_id) as subscription:
+        async with hub.subscribe(topic, since) as subscription:
             writer = await response.prepare(request)
             assert writer is not None
             _limit_backlog(request.transport, send_buffer_bytes)
-            # A socket tuned for streaming is not reused for other requests: the connection
-            # closes after the stream (EventSource reconnects on a new one anyway).
-            response.force_close()
             await response.write(b"retry: %d\n\n" % retry_ms)
             while True:
                 try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from technic.engine.fields import ROW_FIELDS
@@ -66,6 +67,7 @@ def progress_from_record(scan: Scan) -> dict[str, Any]:
         "stage_throughput": stages[current]["throughput"] if current else None,
         "message": scan.error or f"Scan {scan.status}",
         "seq": 0,
+        "epoch": None,  # not from a stream (server/cursor.py)
         "elapsed_seconds": elapsed,
         "started_at": scan.started_at.timestamp() if scan.started_at else None,
         "completed_at": scan.finished_at.timestamp() if scan.finished_at else None,
@@ -99,14 +101,36 @@ def performance_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {key: metrics.get(key) for key in PERFORMANCE_KEYS}
 
 
-def results_csv(rows: list[dict[str, Any]]) -> str:
+CSV_FIELDS = ("rank", *ROW_FIELDS)
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection")
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def results_csv(rows: Iterable[Mapping[str, Any]], *, header: bool = True) -> str:
+    """Result rows as CSV text (RFC 4180 line ends), the one writer of every CSV export.
+
+    Text from a user's universe file (a name, a sector) is written so that no spreadsheet
+    runs it: a text cell starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return
+    gets a leading ``'``. Numbers are not text, so a negative return stays a number.
+    ``header=False`` gives the lines of rows only, for an export written batch by batch.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(
-        buffer, fieldnames=["rank", *ROW_FIELDS], lineterminator="\n", extrasaction="ignore"
+        buffer, fieldnames=CSV_FIELDS, lineterminator="\r\n", extrasaction="ignore"
     )
-    writer.writeheader()
-    writer.writerows(rows)
+    if header:
+        writer.writeheader()
+    writer.writerows(map(_inert_cells, rows))
     return buffer.getvalue()
+
+
+def _inert_cells(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not any(isinstance(v, str) and v.startswith(FORMULA_TRIGGERS) for v in row.values()):
+        return row
+    return {
+        key: f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS) else value
+        for key, value in row.items()
+    }
 
 
 def stats_json(stats: StageStats, bucket: SizeBucket | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Typical use from the server::
 Errors are listed in ``storage.errors``; everything raised on purpose is a ``StorageError``.
 """
 
+from technic.engine.fields import SIGNALS
 from technic.storage.database import Database, connect, connect_url
 from technic.storage.embedded import EmbeddedPostgres
 from technic.storage.errors import (
@@ -41,12 +42,23 @@ from technic.storage.models import (
     StageStatus,
     StageTiming,
 )
-from technic.storage.repository import RESULT_SORTS, Repository
+from technic.storage.repository import (
+    MAX_OFFSET,
+    MAX_PAGE_SIZE,
+    MAX_RANK,
+    RESULT_SORTS,
+    Repository,
+    ResultExport,
+)
 
 __all__ = [
+    "MAX_OFFSET",
+    "MAX_PAGE_SIZE",
+    "MAX_RANK",
     "RESULT_SORTS",
     "SCAN_STATUSES",
     "SCAN_TRANSITIONS",
+    "SIGNALS",
     "STAGES",
     "STAGE_STATUSES",
     "STAGE_TRANSITIONS",
@@ -59,6 +71,7 @@ __all__ = [
     "MigrationError",
     "MigrationReport",
     "Repository",
+    "ResultExport",
     "ResultPage",
     "Scan",
     "ScanNotFound",

@@ -52,7 +52,6 @@ RESULT_NUMBER_FIELDS: Final[tuple[str, ...]] = (
     "dollar_volume_20d",
     "reward_risk",
 )
-SIGNALS: Final[tuple[str, ...]] = ("Strong Buy", "Buy", "Neutral", "Sell", "Strong Sell")
 
 
 @dataclass(frozen=True, slots=True)

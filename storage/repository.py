@@ -20,7 +20,9 @@ import binascii
 import contextlib
 import math
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from array import array
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID
@@ -28,6 +30,7 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 import orjson
+from technic.engine.fields import SIGNALS
 from technic.engine.progress import TERMINAL_STATUSES
 from technic.storage._pg import db_call
 from technic.storage.errors import (
@@ -40,7 +43,6 @@ from technic.storage.models import (
     RESULT_NUMBER_FIELDS,
     SCAN_STATUSES,
     SCAN_TRANSITIONS,
-    SIGNALS,
     STAGE_TRANSITIONS,
     STAGES,
     Failure,
@@ -58,6 +60,9 @@ from technic.storage.models import (
 
 MAX_PAGE_SIZE: Final = 1000
 MAX_OFFSET: Final = 10_000_000
+MAX_RANK: Final = 2**31 - 1  # ranks are PostgreSQL integers
+# rows an export reads per query: ~7 MB of row dicts in memory at a time, 50 queries per 100k
+EXPORT_BATCH_ROWS: Final = 2000
 INTERRUPTED_ERROR: Final = "interrupted: the process running this scan stopped"
 
 # Sort keys the results endpoint accepts -> (SQL column, SQL type of its values). The column
@@ -94,6 +99,32 @@ _STAGE_COLUMNS: Final = (
     "scan_id, stage, status, started_at, finished_at, duration_s, units_done, units_total,"
     " throughput"
 )
+
+
+class ResultExport:
+    """One scan's results in a fixed order, read from storage a batch at a time.
+
+    Made by ``Repository.export_results``. It holds the ranks in order (4 bytes a row), never
+    the rows: ``batches()`` fetches them by rank, ``EXPORT_BATCH_ROWS`` per query. A scan's
+    stored results do not change once it has finished, so the batches read what the order
+    was taken from.
+    """
+
+    def __init__(
+        self, repository: Repository, scan_id: UUID, keys: tuple[str, ...], ranks: array[int]
+    ) -> None:
+        self._repository = repository
+        self._scan_id = scan_id
+        self._keys = keys
+        self._ranks = ranks
+
+    def __len__(self) -> int:
+        return len(self._ranks)
+
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        for start in range(0, len(self._ranks), EXPORT_BATCH_ROWS):
+            ranks = self._ranks[start : start + EXPORT_BATCH_ROWS].tolist()
+            yield await self._repository._rows_by_rank(self._scan_id, self._keys, ranks)
 
 
 class Repository:
@@ -296,18 +327,22 @@ class Repository:
         *,
         owner: str | None = None,
         stale_before: datetime | None = None,
+        silent_for_s: float | None = None,
         error: str = INTERRUPTED_ERROR,
     ) -> list[UUID]:
         """Mark pending and running scans ``interrupted``; return their ids.
 
-        Call at start-up: scans still pending or running then were left by a process that
-        died. With several servers on one database, narrow it with ``owner`` (the value
-        given to ``create_scan``) or ``stale_before`` (no write since then). Their running
-        stages become ``failed``.
+        Scans still pending or running were left by a process that died. With several
+        servers on one database, narrow it: ``silent_for_s`` takes only the scans whose
+        owner (the value given to ``create_scan``) has not been seen by ``record_owner``
+        for that many seconds, or that have no owner; ``owner`` takes one owner's scans,
+        ``stale_before`` those with no write since then. Their running stages become
+        ``failed``.
         """
         since = None if stale_before is None else _aware("stale_before", stale_before)
         if owner is not None:
             _text("owner", owner)
+        silent = None if silent_for_s is None else _seconds("silent_for_s", silent_for_s)
         _text("error", error)
         records = await self._pool.fetch(
             """
@@ -320,6 +355,10 @@ class Repository:
                 WHERE status IN ('pending', 'running')
                   AND ($1::text IS NULL OR owner = $1)
                   AND ($2::timestamptz IS NULL OR updated_at < $2)
+                  AND ($4::double precision IS NULL OR owner IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM scan_owners o
+                        WHERE o.owner = scans.owner
+                          AND o.seen_at > now() - make_interval(secs => $4)))
                 RETURNING id
             ), t AS (
                 UPDATE stage_timings SET status = 'failed'
@@ -330,8 +369,38 @@ class Repository:
             owner,
             since,
             error,
+            silent,
         )
         return [r["id"] for r in records]
+
+    # ----------------------------------------------------------------- owners
+
+    @db_call("record owner")
+    async def record_owner(self, owner: str) -> None:
+        """Say that ``owner`` is alive now (its first call registers it)."""
+        await self._pool.execute(
+            """
+            INSERT INTO scan_owners (owner) VALUES ($1)
+            ON CONFLICT (owner) DO UPDATE SET seen_at = now()
+            """,
+            _text("owner", owner),
+        )
+
+    @db_call("list owners")
+    async def owners(self) -> list[str]:
+        """Every owner recorded and not yet forgotten."""
+        records = await self._pool.fetch("SELECT owner FROM scan_owners ORDER BY owner")
+        return [r["owner"] for r in records]
+
+    @db_call("forget silent owners")
+    async def forget_silent_owners(self, silent_for_s: float) -> int:
+        """Drop the owners not seen for ``silent_for_s`` (dead; call after
+        ``mark_interrupted`` took their scans), so the table holds live owners only."""
+        status = await self._pool.execute(
+            "DELETE FROM scan_owners WHERE seen_at <= now() - make_interval(secs => $1)",
+            _seconds("silent_for_s", silent_for_s),
+        )
+        return int(status.split()[-1])
 
     # ----------------------------------------------------------------- stages
 
@@ -489,50 +558,31 @@ class Repository:
         uuid = _read_id(scan_id)
         if uuid is None:
             return None
-        if sort not in RESULT_SORTS:
-            raise InvalidInput("sort", f"must be one of {', '.join(RESULT_SORTS)}")
-        if not isinstance(descending, bool):
-            raise InvalidInput("descending", "must be true or false")
-        column, sql_type = RESULT_SORTS[sort]
+        order = _ResultOrder.of(sort, descending)
         page_size = _limit(limit)
         if offset is not None and cursor is not None:
             raise InvalidInput("offset", "use either offset or cursor, not both")
-        if offset is not None and not (_is_int(offset) and 0 <= offset <= MAX_OFFSET):
-            raise InvalidInput("offset", f"must be a whole number from 0 to {MAX_OFFSET}")
-
-        query = _Query()
-        query.where("scan_id = {}", uuid)
-        if sector is not None:
-            query.where("sector = {}", _text("sector", sector))
-        if signal is not None:
-            signals = [signal] if isinstance(signal, str) else list(signal)
-            if not signals or any(s not in SIGNALS for s in signals):
-                raise InvalidInput("signal", f"must be among {', '.join(SIGNALS)}")
-            query.where("signal = ANY({}::text[])", signals)
-        if min_tech_rating is not None:
-            if not _is_number(min_tech_rating):
-                raise InvalidInput("min_tech_rating", "must be a finite number")
-            query.where("tech_rating >= {}", float(min_tech_rating))
+        _offset(offset)
+        query = _result_filters(uuid, sector, signal, min_tech_rating)
         filters = query.sql_where()
         filter_args = list(query.args)
 
+        column = order.column
         if cursor is not None:
-            value, last_rank = _decode_result_cursor(cursor, sort, descending, sql_type)
+            value, last_rank = _decode_result_cursor(cursor, sort, descending, order.sql_type)
             cmp = "<" if descending else ">"
             after = query.bind(last_rank)
             if value is None:  # missing values sort last: only later ranks among them remain
                 query.add(f"({column} IS NULL AND rank > {after})")
             else:
-                v = query.bind(value, sql_type)
+                v = query.bind(value, order.sql_type)
                 query.add(
                     f"({column} {cmp} {v} OR ({column} = {v} AND rank > {after})"
                     f" OR {column} IS NULL)"
                 )
-        direction = "DESC" if descending else "ASC"
         page_sql = (
             f"SELECT rank, data, {column} AS sort_value FROM scan_results {query.sql_where()}"
-            f" ORDER BY {column} {direction} NULLS LAST, rank ASC"
-            f" LIMIT {query.bind(page_size + 1)}"
+            f" ORDER BY {order.sql} LIMIT {query.bind(page_size + 1)}"
         )
         if offset:
             page_sql += f" OFFSET {query.bind(offset)}"
@@ -561,6 +611,64 @@ class Repository:
             total=head["total"],
             next_cursor=next_cursor,
         )
+
+    @db_call("export results")
+    async def export_results(
+        self,
+        scan_id: UUID | str,
+        *,
+        sort: str = "rank",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+        sector: str | None = None,
+        signal: str | Iterable[str] | None = None,
+        min_tech_rating: float | None = None,
+    ) -> ResultExport | None:
+        """Every result of a scan (or ``limit`` of them after ``offset``) in the order of
+        ``fetch_results``, to be read batch by batch; ``None`` for an unknown scan.
+
+        The order is fixed here, in one snapshot, as the list of ranks (4 bytes a row); the
+        rows themselves are fetched by rank a batch at a time while the caller writes them
+        out, so an export of any size holds one batch of rows in memory and no database
+        connection while a slow client reads.
+        """
+        uuid = _read_id(scan_id)
+        if uuid is None:
+            return None
+        order = _ResultOrder.of(sort, descending)
+        if limit is not None and not (_is_int(limit) and 1 <= limit <= MAX_RANK):
+            raise InvalidInput("limit", f"must be a whole number from 1 to {MAX_RANK}")
+        _offset(offset)
+        query = _result_filters(uuid, sector, signal, min_tech_rating)
+        ranks_sql = (
+            f"SELECT rank FROM scan_results {query.sql_where()} ORDER BY {order.sql}"
+            f" LIMIT {query.bind(limit)} OFFSET {query.bind(offset)}"
+        )
+        ranks = array("i")
+        async with self._pool.acquire() as conn, _snapshot(conn):
+            keys = await conn.fetchval("SELECT result_keys FROM scans WHERE id = $1", uuid)
+            if keys is None and not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM scans WHERE id = $1)", uuid
+            ):
+                return None
+            cursor = await conn.cursor(ranks_sql, *query.args)
+            while batch := await cursor.fetch(EXPORT_BATCH_ROWS):
+                ranks.extend(record[0] for record in batch)
+        return ResultExport(self, uuid, tuple(keys or ()), ranks)
+
+    @db_call("read results")
+    async def _rows_by_rank(
+        self, uuid: UUID, keys: Sequence[str], ranks: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        records = await self._pool.fetch(
+            "SELECT r.data FROM unnest($2::integer[]) WITH ORDINALITY AS wanted (rank, position)"
+            " JOIN scan_results r ON r.scan_id = $1 AND r.rank = wanted.rank"
+            " ORDER BY wanted.position",
+            uuid,
+            ranks,
+        )
+        return [_row_from(keys, record["data"]) for record in records]
 
     @db_call("save failures")
     async def save_failures(
@@ -732,6 +840,52 @@ class _Query:
         return "WHERE " + " AND ".join(self._clauses) if self._clauses else ""
 
 
+@dataclass(frozen=True, slots=True)
+class _ResultOrder:
+    """How results are ordered: the one definition behind every page and every export."""
+
+    column: str
+    sql_type: str
+    descending: bool
+
+    @classmethod
+    def of(cls, sort: object, descending: object) -> _ResultOrder:
+        if not isinstance(sort, str) or sort not in RESULT_SORTS:
+            raise InvalidInput("sort", f"must be one of {', '.join(RESULT_SORTS)}")
+        if not isinstance(descending, bool):
+            raise InvalidInput("descending", "must be true or false")
+        column, sql_type = RESULT_SORTS[sort]
+        return cls(column, sql_type, descending)
+
+    @property
+    def sql(self) -> str:
+        """ORDER BY text: missing values last in both directions, ties by rank."""
+        direction = "DESC" if self.descending else "ASC"
+        return f"{self.column} {direction} NULLS LAST, rank ASC"
+
+
+def _result_filters(
+    uuid: UUID,
+    sector: str | None,
+    signal: str | Iterable[str] | None,
+    min_tech_rating: float | None,
+) -> _Query:
+    query = _Query()
+    query.where("scan_id = {}", uuid)
+    if sector is not None:
+        query.where("sector = {}", _text("sector", sector))
+    if signal is not None:
+        signals = [signal] if isinstance(signal, str) else list(signal)
+        if not signals or any(s not in SIGNALS for s in signals):
+            raise InvalidInput("signal", f"must be among {', '.join(SIGNALS)}")
+        query.where("signal = ANY({}::text[])", signals)
+    if min_tech_rating is not None:
+        if not _is_number(min_tech_rating):
+            raise InvalidInput("min_tech_rating", "must be a finite number")
+        query.where("tech_rating >= {}", float(min_tech_rating))
+    return query
+
+
 def _snapshot(conn: asyncpg.Connection) -> Any:
     # several reads that must agree with each other (a scan and its stages, a count and its page)
     return conn.transaction(isolation="repeatable_read", readonly=True)
@@ -850,10 +1004,21 @@ def _text(name: str, value: object) -> str:
     return value
 
 
+def _seconds(name: str, value: object) -> float:
+    if not _is_number(value) or not 0 <= value < 10**9:  # type: ignore[operator]
+        raise InvalidInput(name, f"must be a number of seconds from 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def _limit(value: object) -> int:
     if not (_is_int(value) and 1 <= value <= MAX_PAGE_SIZE):  # type: ignore[operator]
         raise InvalidInput("limit", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
     return int(value)  # type: ignore[arg-type]
+
+
+def _offset(value: object) -> None:
+    if value is not None and not (_is_int(value) and 0 <= value <= MAX_OFFSET):  # type: ignore[operator]
+        raise InvalidInput("offset", f"must be a whole number from 0 to {MAX_OFFSET}")
 
 
 def _aware(name: str, value: object) -> datetime:

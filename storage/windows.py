@@ -24,7 +24,8 @@ def parse_window(text: str | None, *, field: str = "since") -> timedelta:
     match = _WINDOW.match(text or "")
     if match is None or int(match.group(1)) == 0:
         raise InvalidInput(field, f"must be a duration like 30m, 12h, 7d or 2w, got {text!r}")
-    window = timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    if window > MAX_WINDOW:
+    # Compared as a number of seconds: a timedelta of 999999999 weeks cannot even be built.
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_WINDOW.total_seconds():
         raise InvalidInput(field, f"must be at most {MAX_WINDOW.days}d, got {text!r}")
-    return window
+    return timedelta(seconds=seconds)

@@ -111,6 +111,8 @@ class Server:
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         token = self.env.get("TECHNIC_API_TOKEN")
         if token:
             request.add_header("Authorization", f"Bearer {token}")

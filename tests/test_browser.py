@@ -350,7 +350,7 @@ def test_server_errors_are_shown_next_to_the_field(
 def test_cancel_a_running_scan(page: Any, server: Server) -> None:
     page.goto(server.url + "/")
     page.select_option("#field-provider", "synthetic")
-    page.fill("#field-max_symbols", "100000")
+    page.fill("#field-max_symbols", "60000")
     page.click("#start-form button[type=submit]")
     page.wait_for_url(re.compile(rf".*#/scan/{UUID}$"))
     page.wait_for_selector('li[data-stage="data_fetching"][data-status="running"]')
@@ -366,7 +366,7 @@ def test_cancel_a_running_scan(page: Any, server: Server) -> None:
 
 
 def test_reloading_a_running_scan_resumes_it(page: Any, server: Server) -> None:
-    scan_id = server.start_scan(provider="synthetic", max_symbols=100000)  # runs for a while
+    scan_id = server.start_scan(provider="synthetic", max_symbols=60_000)  # runs for a while
     open_scan(page, server, scan_id)
     wait_overall_above(page, 6)  # data fetching under way
     shot(page, "scan-running")
@@ -395,7 +395,7 @@ def test_falls_back_when_streams_are_blocked(
     page.add_init_script(BLOCK_WEBSOCKET)
     if "eventsource" in blocked:
         page.add_init_script(BLOCK_EVENTSOURCE)
-    scan_id = server.start_scan(provider="synthetic", max_symbols=100000)
+    scan_id = server.start_scan(provider="synthetic", max_symbols=60_000)
     open_scan(page, server, scan_id)
     page.wait_for_function(
         "e => document.querySelector('.connection').textContent === e", arg=expected
@@ -447,6 +447,15 @@ def test_recent_scans_and_history(page: Any, server: Server) -> None:
     shot(page, "phone-scan")
 
 
+def test_the_api_link_opens_the_openapi_document(page: Any, server: Server) -> None:
+    page.goto(server.url + "/")
+    with page.expect_response(f"{server.url}/openapi.json") as answer:
+        page.locator("footer a", has_text="API").click()
+    assert answer.value.ok
+    assert answer.value.json()["openapi"] == "3.1.0"
+    page.wait_for_url(f"{server.url}/openapi.json")
+
+
 def test_reconnects_after_a_server_restart_with_a_token(
     browser: Any, pg_server_url: str, tmp_path: Path, console: Console
 ) -> None:
@@ -471,7 +480,7 @@ def _watch_through_a_crash(service: Server, tab: Any) -> None:
     tab.wait_for_selector("#sector-list input")
     assert "token" not in tab.url  # kept for the tab, not in links people share
     tab.select_option("#field-provider", "synthetic")
-    tab.fill("#field-max_symbols", "100000")
+    tab.fill("#field-max_symbols", "60000")
     tab.click("#start-form button[type=submit]")  # POST with the bearer token
     tab.wait_for_url(re.compile(rf".*#/scan/{UUID}$"))
     scan_id = tab.url.rsplit("/", 1)[1]

@@ -98,6 +98,29 @@ def test_scan_csv_to_a_file(tmp_path: Path) -> None:
     assert all(float(row["tech_rating"]) >= 40 for row in rows)
 
 
+def test_scan_csv_neutralises_formulas_from_a_universe_file(tmp_path: Path) -> None:
+    names = {"AAPL": "=HYPERLINK(\"http://x.example\")", "MSFT": "+1+1", "XOM": "-2+3",
+             "JPM": "@SUM(A1)", "RTN": "Raytheon"}  # fmt: skip
+    universe = tmp_path / "universe.csv"
+    universe.write_text(
+        "symbol,name,sector\n"
+        + "".join(f'{symbol},"{name.replace(chr(34), chr(34) * 2)}",=cmd|calc\n'
+                  for symbol, name in names.items())
+    )  # fmt: skip
+    done = technic(
+        "scan", "--universe", str(universe), "--format", "csv", "--no-progress", data_dir=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(io.StringIO(done.stdout, newline="")))
+    assert {row["symbol"]: row["name"] for row in rows} == {
+        symbol: name if symbol == "RTN" else f"'{name}" for symbol, name in names.items()
+    }
+    assert {row["sector"] for row in rows} == {"'=cmd|calc"}
+    returns = [row["ret_1d"] for row in rows]
+    assert any(r.startswith("-") for r in returns)  # negative numbers stay numbers
+    assert all(float(r) == float(r) for r in returns)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -182,3 +205,39 @@ def test_live_view_on_a_terminal(tmp_path: Path) -> None:
     assert "5000/5000 symbols" in text
     assert "100.0%" in text
     assert "ETA" in text
+
+
+def test_a_scan_beyond_max_scan_cells_exits_2_before_fetching(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = technic(
+        "scan",
+        *("--provider", "synthetic", "--symbols", "5000", "--bars", "10000"),
+        *("--lookback", "10000", "--no-progress"),
+        data_dir=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 30
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "5,000 symbols x 10,000 bars = 50,000,000 cells" in lines[0]
+    assert "MAX_SCAN_CELLS (32,000,000)" in lines[0]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_cache_max_bytes_bounds_the_block_cache(tmp_path: Path) -> None:
+    """Two scans of 2.4 MB blocks into a cache of 3 MB: only the last one stays."""
+    env = {**os.environ, "TECHNIC_DATA_DIR": str(tmp_path), "CACHE_MAX_BYTES": "3000000"}
+    synthetic = ("--provider", "synthetic", "--symbols", "1000", "--bars", "60")
+    for seed in ("1", "2"):
+        done = subprocess.run(
+            [*TECHNIC, "scan", *synthetic, "--seed", seed, "--no-progress", "--workers", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+    cached = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file())
+    assert 0 < cached <= 3_000_000

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from technic.cli.main import main
 from technic.cli.remote import Remote, RemoteError, parse_scan_id
+from technic.server.cursor import Cursor
 
 from tests.live_server import Server, running_scans, running_server, wait_until
 
@@ -80,7 +81,9 @@ def status_of(server: Server, scan_id: str) -> str:
 def test_server_urls_and_scan_ids_are_checked() -> None:
     remote = Remote.parse("http://example.test:9000/", "t")
     assert remote.base_url == "http://example.test:9000"
-    assert remote.ws_url("x", 7) == "ws://example.test:9000/scan/ws/x?since=7"
+    assert remote.ws_url("x", Cursor("3fa9c2d1", 7)) == (
+        "ws://example.test:9000/scan/ws/x?since=3fa9c2d1.7"
+    )
     assert Remote.parse("https://h", None).ws_url("x", None) == "wss://h/scan/ws/x"
     assert remote.headers == {"Authorization": "Bearer t"}
     for bad in ("example.test:9000", "ftp://h", "http://"):
@@ -113,7 +116,7 @@ def test_watch_a_scan_to_completion_exits_0(server: Server) -> None:
 
 
 def test_watch_a_cancelled_scan_exits_130(server: Server) -> None:
-    scan_id = server.start_scan(provider="synthetic", max_symbols=100000)
+    scan_id = server.start_scan(provider="synthetic", max_symbols=60_000)
     watcher = spawn("watch", scan_id, "--server", server.url)
     wait_until(lambda: scan_id in running_scans(server))
     time.sleep(0.5)
@@ -161,7 +164,7 @@ def test_bad_arguments_exit_2_with_one_line(
 
 
 def test_watch_redraws_in_place_on_a_terminal(server: Server) -> None:
-    scan_id = server.start_scan(provider="synthetic", max_symbols=100000)
+    scan_id = server.start_scan(provider="synthetic", max_symbols=60_000)
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [str(TECHNIC), "watch", scan_id, "--server", server.url],
@@ -230,6 +233,19 @@ def test_scan_on_a_server_prints_the_results(server: Server) -> None:
     }  # fmt: skip
 
 
+def test_scan_on_a_server_prints_every_row_of_a_large_scan(server: Server) -> None:
+    """More rows than one page of the API holds (1000): the client reads every page."""
+    done = technic(
+        "scan", "--server", server.url, "--provider", "synthetic", "--symbols", "2200",
+        "--bars", "30", "--format", "json", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    ranks = [row["rank"] for row in document["results"]]
+    assert ranks == list(range(1, document["metrics"]["candidates"] + 1))
+    assert len(ranks) + len(document["failures"]) == 2200
+
+
 def test_scan_on_a_server_exit_codes(server: Server) -> None:
     failed = technic("scan", "--server", server.url, "--max-symbols", "5", "--as-of", "2030-01-02")
     assert failed.returncode == 1
@@ -241,9 +257,7 @@ def test_scan_on_a_server_exit_codes(server: Server) -> None:
 
 
 def test_ctrl_c_cancels_the_scan_on_the_server(server: Server) -> None:
-    process = spawn(
-        "scan", "--server", server.url, "--provider", "synthetic", "--symbols", "100000"
-    )
+    process = spawn("scan", "--server", server.url, "--provider", "synthetic", "--symbols", "60000")
     assert process.stderr is not None
     line = process.stderr.readline()
     assert "started; watch it at" in line, line
@@ -258,7 +272,7 @@ def test_ctrl_c_cancels_the_scan_on_the_server(server: Server) -> None:
 
 def test_watch_survives_a_server_restart(pg_server_url: str, tmp_path: Path) -> None:
     with running_server(pg_server_url, tmp_path / "data", "remote-restart-server.log") as service:
-        scan_id = service.start_scan(provider="synthetic", max_symbols=100000)
+        scan_id = service.start_scan(provider="synthetic", max_symbols=60_000)
         wait_until(lambda: scan_id in running_scans(service))
         watcher = spawn("watch", scan_id, "--server", service.url)
         assert watcher.stderr is not None

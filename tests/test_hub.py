@@ -9,6 +9,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 import technic.server.hub as hub_module
+from technic.server.cursor import Cursor
 from technic.server.hub import Hub, Message, encode_ws_text_frame
 
 
@@ -31,7 +32,8 @@ async def test_latest_is_retained_and_delivered_on_subscribe() -> None:
     subscription = hub.subscribe("s1")
     message = await subscription.get(timeout_s=1)
     assert message is not None and message.seq == 2 and message.event == "progress"
-    assert orjson.loads(message.data) == {**snap(2), "published_at": 1234.5}
+    epoch = message.epoch
+    assert orjson.loads(message.data) == {**snap(2), "published_at": 1234.5, "epoch": epoch}
     hub.publish("s1", snap(3))
     message = await subscription.get(timeout_s=1)
     assert message is not None and message.seq == 3
@@ -56,6 +58,23 @@ async def test_since_skips_what_the_client_has() -> None:
     message = await ahead.get(timeout_s=1)
     assert message is not None and message.seq == 9
     assert ahead.conflated == 0
+
+
+def test_a_cursor_resumes_only_the_stream_it_came_from() -> None:
+    hub = Hub()
+    assert hub.resume_seq("s1", Cursor(None, 3)) is None  # nothing sent yet
+    for seq in (1, 2, 3):
+        hub.publish("s1", snap(seq))
+    epoch = hub.latest("s1")["epoch"]
+    assert epoch != Hub().publish("s1", snap(1)).epoch  # another process: another epoch
+    assert hub.resume_seq("s1", None) is None
+    assert hub.resume_seq("s1", Cursor(epoch, 2)) == 2
+    assert hub.resume_seq("s1", Cursor(epoch, 3)) == 3
+    assert hub.resume_seq("s1", Cursor(epoch, 4)) is None  # never sent: not ours
+    assert hub.resume_seq("s1", Cursor("0ld3p0c4", 2)) is None  # another stream
+    assert hub.resume_seq("s1", Cursor(None, 3)) == 3  # a bare seq this stream sent
+    assert hub.resume_seq("s1", Cursor(None, 82)) is None  # ... or one it never sent
+    assert hub.resume_seq("s2", Cursor(epoch, 2)) is None  # another topic
 
 
 async def test_slow_subscriber_gets_only_the_newest_and_conflation_is_counted() -> None:
@@ -325,13 +344,15 @@ def test_wire_encodings() -> None:
     hub = Hub(clock=lambda: 1.0)
     progress = hub.publish("s1", snap(7))
     assert progress is not None
-    data = progress.data
-    assert progress.sse_event() == b"id: 7\ndata: " + data + b"\n\n"
-    assert progress.sse_event(named=True) == b"id: 7\nevent: progress\ndata: " + data + b"\n\n"
+    data, epoch = progress.data, progress.epoch.encode()
+    assert progress.sse_event() == b"id: " + epoch + b".7\ndata: " + data + b"\n\n"
+    assert progress.sse_event(named=True) == (
+        b"id: " + epoch + b".7\nevent: progress\ndata: " + data + b"\n\n"
+    )
     done = hub.publish("s1", snap(8, "cancelled"))
-    assert done is not None
-    unnamed = b"id: 8\ndata: " + done.data + b"\n\n"
-    named = b"id: 8\nevent: cancelled\ndata: " + done.data + b"\n\n"
+    assert done is not None and done.epoch == progress.epoch
+    unnamed = b"id: " + epoch + b".8\ndata: " + done.data + b"\n\n"
+    named = b"id: " + epoch + b".8\nevent: cancelled\ndata: " + done.data + b"\n\n"
     assert done.sse_event(named=True) == named
     assert done.sse_event() == unnamed + named
 

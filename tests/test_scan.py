@@ -254,3 +254,59 @@ def test_missing_sources_are_clear_errors(config: ScanConfig, message: str) -> N
         run_scan(config, on_progress=snapshots.append)
     assert snapshots[-1]["status"] == "failed"
     assert message in snapshots[-1]["error"]
+
+
+def test_a_scan_beyond_max_scan_cells_is_refused_before_any_bar_is_fetched(
+    tmp_path: Path,
+) -> None:
+    snapshots: list[dict] = []
+    config = ScanConfig(provider="synthetic", max_symbols=5000, bars=10_000, lookback_bars=10_000)
+    started = time.monotonic()
+    with pytest.raises(InvalidConfig) as refused:
+        run_scan(
+            config, on_progress=snapshots.append, cache_dir=tmp_path, max_scan_cells=32_000_000
+        )
+    assert time.monotonic() - started < 2
+    assert refused.value.field == "max_symbols"
+    assert "5,000 symbols x 10,000 bars = 50,000,000 cells" in refused.value.message
+    assert "MAX_SCAN_CELLS (32,000,000)" in refused.value.message
+    assert snapshots[-1]["stages"]["data_fetching"]["status"] == "pending"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_max_scan_cells_counts_the_symbols_left_after_the_filters() -> None:
+    """The sample has 1,258 bars: its 504 symbols are 634,032 cells, its 32 Energy ones
+    40,256."""
+    with pytest.raises(InvalidConfig, match="504 symbols x 1,258 bars = 634,032 cells"):
+        run_scan(ScanConfig(), max_scan_cells=100_000)
+    energy = run_scan(ScanConfig(sectors=("Energy",)), max_scan_cells=100_000)
+    assert energy.status == "completed"
+
+
+def test_csv_files_beyond_max_scan_cells_are_refused_once_their_dates_are_known(
+    tmp_path: Path,
+) -> None:
+    dates = np.busday_offset("2020-01-01", np.arange(60), roll="forward")
+    for symbol in ("AAA", "BBB", "CCC"):
+        rows = "\n".join(f"{d},{10 + i},{11 + i},{9 + i},{10 + i},100" for i, d in enumerate(dates))
+        write_csv(tmp_path / f"{symbol}.csv", "Date,Open,High,Low,Close,Volume\n" + rows)
+    config = ScanConfig(provider="csv", data_dir=str(tmp_path))
+    with pytest.raises(InvalidConfig, match="3 symbols x 60 bars = 180 cells"):
+        run_scan(config, max_scan_cells=179)
+    assert len(run_scan(config, max_scan_cells=180).rows) == 3
+
+
+def test_scans_keep_the_cache_within_cache_max_bytes(tmp_path: Path) -> None:
+    def cache_bytes() -> int:
+        return sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+
+    first = ScanConfig(provider="synthetic", max_symbols=300, bars=200, seed=1)
+    run_scan(first, cache_dir=tmp_path)
+    one_entry = cache_bytes()
+    bound = int(1.5 * one_entry)
+    for seed in (2, 3, 4):
+        config = ScanConfig(provider="synthetic", max_symbols=300, bars=200, seed=seed)
+        assert run_scan(config, cache_dir=tmp_path, cache_max_bytes=bound).status == "completed"
+        assert cache_bytes() <= bound
+    again = run_scan(config, cache_dir=tmp_path, cache_max_bytes=bound)
+    assert again.metrics["cache_hit"] is True

@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 from technic.config import Settings
 from technic.server.app import POOL, create_app
+from technic.server.cursor import Cursor
 
 from tests.seed_contract import SEED_PROGRESS_FIELDS, SEED_START_FIELDS
 
@@ -51,7 +52,8 @@ class Service:
 
     async def post(self, path: str, body: Any = None, **kwargs: Any) -> aiohttp.ClientResponse:
         data = body if isinstance(body, bytes | str) else orjson.dumps(body)
-        return await self.session.post(self.url + path, data=data, **kwargs)
+        headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
+        return await self.session.post(self.url + path, data=data, headers=headers, **kwargs)
 
     async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         return await self.session.get(self.url + path, **kwargs)
@@ -247,7 +249,9 @@ async def test_websocket_and_sse_watchers_see_0_to_100(service: Service) -> None
     assert any("retry" in e for e in events)
     data_events = [e for e in events if "data" in e]
     sse_seen = [orjson.loads(e["data"]) for e in data_events]
-    assert [int(e["id"]) for e in data_events] == [s["seq"] for s in sse_seen]
+    cursors = [Cursor.parse(e["id"]) for e in data_events]
+    assert cursors == [Cursor(s["epoch"], s["seq"]) for s in sse_seen]
+    assert len({cursor.epoch for cursor in cursors}) == 1
     assert sse_seen[-1]["status"] == "completed"
     assert_monotonic_and_weighted(sse_seen)
     for snapshot in ws_seen + sse_seen:
@@ -267,7 +271,8 @@ async def test_resume_by_since_and_last_event_id(service: Service) -> None:
     response = await service.get(f"/scan/stream/{scan_id}?last_event_id={last - 1}")
     events = [e for e in await sse_events(response) if "data" in e]
     # the terminal snapshot comes unnamed (the seed's onmessage) and named after its status
-    assert [(int(e["id"]), e.get("event")) for e in events] == [(last, None), (last, "completed")]
+    ids = [(Cursor.parse(e["id"]).seq, e.get("event")) for e in events]
+    assert ids == [(last, None), (last, "completed")]
 
 
 async def test_named_sse_events_on_request(service: Service) -> None:
@@ -332,6 +337,36 @@ async def test_bad_start_requests_name_the_problem(
     error = await response.json()
     assert error["field"] == field
     assert fragment in error["error"]
+
+
+async def test_a_scan_beyond_max_scan_cells_is_400_and_starts_nothing(
+    service: Service, tmp_path: Path
+) -> None:
+    """The request that took 3 GiB of memory and 1.9 GiB of cache is refused at the door."""
+    response = await service.post(
+        "/scan/start",
+        {"provider": "synthetic", "max_symbols": 5000, "bars": 10_000, "lookback_bars": 10_000},
+    )
+    assert response.status == 400
+    error = await response.json()
+    assert error["field"] == "max_symbols"
+    assert "5,000 symbols x 10,000 bars = 50,000,000 cells" in error["error"]
+    assert "MAX_SCAN_CELLS (32,000,000)" in error["error"]
+    assert (await (await service.get("/scan/active")).json())["active"] == []
+    await service.settled()
+    assert (await (await service.get("/scans")).json())["scans"] == []
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+async def test_max_scan_cells_counts_the_sample_symbols_a_request_selects(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with serve(settings_for(database_url, tmp_path, max_scan_cells=100_000)) as service:
+        response = await service.post("/scan/start", {"max_symbols": 100})
+        assert response.status == 400
+        assert "100 symbols x 1,258 bars = 125,800 cells" in (await response.json())["error"]
+        energy = await service.start({"max_symbols": 500, "sectors": ["Energy"]})
+        assert (await service.wait_for(energy, {"completed", "failed"}))["status"] == "completed"
 
 
 async def test_huge_body_is_413(service: Service) -> None:
@@ -479,6 +514,42 @@ async def test_scans_left_running_by_a_dead_process_become_interrupted(
         assert progress["status"] == "interrupted"
 
 
+async def test_scans_of_a_server_silent_on_another_machine_are_interrupted_after_the_timeout(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Another machine's server is known only by its heartbeats: its scan is left alone
+    while it beats, and interrupted once it has been silent for OWNER_TIMEOUT_S."""
+    from technic.storage import connect_url
+
+    database = await connect_url(database_url)
+    elsewhere = database.repository
+    owner = "elsewhere:4242:0123456789ab:feedfacecafe"
+    scan_uuid = uuid.uuid4()
+    settings = settings_for(database_url, tmp_path, owner_heartbeat_s=1, owner_timeout_s=3)
+    try:
+        await elsewhere.record_owner(owner)
+        await elsewhere.create_scan(scan_uuid, {"max_symbols": 5}, owner=owner)
+        await elsewhere.transition(scan_uuid, "running")
+
+        async with serve(settings) as service:
+
+            async def status() -> str:
+                return (await (await service.get(f"/scan/progress/{scan_uuid}")).json())["status"]
+
+            for _ in range(5):  # longer than the timeout, beating
+                await elsewhere.record_owner(owner)
+                last_beat = time.monotonic()
+                await asyncio.sleep(1)
+                assert await status() == "running"
+            while await status() == "running" and time.monotonic() - last_beat < 10:
+                await asyncio.sleep(0.1)
+            silent_s = time.monotonic() - last_beat
+            assert await status() == "interrupted"
+            assert 3 - 0.2 < silent_s < 3 + 1 + 0.5  # the timeout, plus up to one heartbeat
+    finally:
+        await database.close()
+
+
 # -- access --------------------------------------------------------------------------------
 
 
@@ -542,7 +613,7 @@ async def test_connection_cap_is_503(database_url: str, tmp_path: Path) -> None:
 # -- operators -----------------------------------------------------------------------------
 
 
-async def test_health_metrics_history_and_stats(service: Service) -> None:
+async def test_health_history_and_stats(service: Service) -> None:
     health = await (await service.get("/health")).json()
     assert health["status"] == "ok" and health["database"] == "ok"
     assert health["workers"] == 2 and health["version"]
@@ -559,11 +630,6 @@ async def test_health_metrics_history_and_stats(service: Service) -> None:
     by_stage = {row["stage"]: row for row in stats["stages"]}
     assert by_stage["symbol_scanning"]["count"] == 3
     assert sum(row["dominant"] for row in stats["stages"]) == 1
-    text = await (await service.get("/metrics")).text()
-    assert 'technic_scans{status="completed"} 3' in text
-    assert 'technic_stage_duration_seconds_count{stage="symbol_scanning"} 3' in text
-    assert "technic_open_connections" in text and "technic_cache_hit_ratio" in text
-    assert 'technic_http_request_duration_seconds_count{route="/scans"} 2' in text
 
 
 # -- the database going away, and shutdown ---------------------------------------------------
@@ -635,9 +701,14 @@ async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_pat
         final = await service.wait_for(scan_id, {"completed"}, timeout_s=120)
         health = await (await service.get("/health")).json()
         assert health["status"] == "degraded" and health["database"] == "unavailable"
-        # the scan's results are served from memory meanwhile
-        live = await (await service.get(f"/scan/results/{scan_id}?limit=5")).json()
-        assert live["total"] == 30_000
+        # results are read from storage only: meanwhile they say why they are not there yet
+        waiting = await service.get(f"/scan/results/{scan_id}?limit=5")
+        assert waiting.status == 503 and int(waiting.headers["Retry-After"]) >= 1
+        body = await waiting.json()
+        assert "being stored" in body["error"] and "database is unavailable" in body["error"]
+        assert body["status"] == "completed"
+        waiting_csv = await service.get(f"/scan/results/{scan_id}?format=csv")
+        assert waiting_csv.status == 503 and (await waiting_csv.json())["error"] == body["error"]
         await proxy.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -646,6 +717,8 @@ async def test_database_outage_mid_scan_loses_nothing(database_url: str, tmp_pat
                 break
             await asyncio.sleep(0.2)
         assert health["status"] == "ok"
+        stored_page = await (await service.get(f"/scan/results/{scan_id}?limit=5")).json()
+        assert stored_page["total"] == 30_000 and stored_page["count"] == 5
     await proxy.cut()
     from technic.storage import connect_url
 
@@ -694,7 +767,7 @@ async def test_sigterm_cancels_records_closes_watchers_and_exits_0(
                     if (await session.get(f"{url}/health")).status == 200:
                         break
                 await asyncio.sleep(0.1)
-            started = await session.post(f"{url}/scan/start", data=orjson.dumps(SLOW_SCAN))
+            started = await session.post(f"{url}/scan/start", json=SLOW_SCAN)
             scan_id = (await started.json())["scan_id"]
             async with session.ws_connect(f"{url}/scan/ws/{scan_id}") as ws:
                 await ws.receive(timeout=10)

@@ -14,6 +14,7 @@ import pytest
 from technic.config.settings import Settings
 from technic.storage import DatabaseUnavailable, connect
 from technic.storage.embedded import _prune_dead_pids
+from technic.storage.migrate import discover
 
 pytestmark = [pytest.mark.embedded, pytest.mark.asyncio(loop_scope="session")]
 
@@ -39,7 +40,7 @@ async def test_start_use_stop_restart(tmp_path: Path) -> None:
         assert database.embedded is not None and database.embedded.started_in_s is not None
         assert database.description == f"embedded PostgreSQL in {pgdata.resolve()}"
         assert database.migration_report is not None
-        assert database.migration_report.applied == ["0001_initial.sql"]
+        assert database.migration_report.applied == [m.file for m in await discover()]
         repo = database.repository
         scan = await repo.create_scan(uuid4(), {"max_symbols": 3})
         await repo.transition(scan.id, "running")

@@ -12,7 +12,14 @@ from technic.storage.migrate import ADVISORY_LOCK_KEY, discover, migrate, split_
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TABLES = {"scans", "stage_timings", "scan_results", "scan_failures", "schema_migrations"}
+TABLES = {
+    "scans",
+    "stage_timings",
+    "scan_results",
+    "scan_failures",
+    "scan_owners",
+    "schema_migrations",
+}
 
 
 async def schema_of(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:

@@ -16,6 +16,7 @@ from technic.storage import (
     RESULT_SORTS,
     SCAN_STATUSES,
     SCAN_TRANSITIONS,
+    SIGNALS,
     STAGE_STATUSES,
     STAGE_TRANSITIONS,
     STAGES,
@@ -26,6 +27,7 @@ from technic.storage import (
     Scan,
     ScanNotFound,
 )
+from technic.storage.repository import EXPORT_BATCH_ROWS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -47,7 +49,6 @@ NUMBER_KEYS = (
     *("rel_volume", "dollar_volume_20d", "high_52w", "pct_from_52w_high", "entry", "stop"),
     *("target", "reward_risk", "position_size"),
 )
-SIGNALS = ("Strong Buy", "Buy", "Neutral", "Sell", "Strong Sell")
 SECTORS = ("Technology", "Energy", "Health Care", "Financials", "Utilities")
 
 
@@ -482,6 +483,46 @@ async def test_fetch_results_sorts_and_pages(
     assert by_offset == want
 
 
+async def test_export_results_reads_every_row_in_the_order_of_the_pages(
+    module_repository: Repository,
+) -> None:
+    repo = module_repository
+    scan = await drive(repo, "running")
+    rows = make_rows(2 * EXPORT_BATCH_ROWS + 321, seed=9)
+    await repo.save_results(scan.id, rows)
+    for sort in RESULT_SORTS:
+        for descending in (False, True):
+            paged: list[dict[str, Any]] = []
+            cursor = None
+            while True:
+                page = await repo.fetch_results(
+                    scan.id, sort=sort, descending=descending, limit=1000, cursor=cursor
+                )
+                assert page is not None
+                paged += page.rows
+                if (cursor := page.next_cursor) is None:
+                    break
+            export = await repo.export_results(scan.id, sort=sort, descending=descending)
+            assert export is not None and len(export) == len(rows)
+            batches = [batch async for batch in export.batches()]
+            assert [len(b) for b in batches] == [EXPORT_BATCH_ROWS] * 2 + [321]
+            assert [row for batch in batches for row in batch] == paged, (sort, descending)
+    window = await repo.export_results(scan.id, sort="close", offset=1990, limit=20)
+    assert window is not None
+    got = [row async for batch in window.batches() for row in batch]
+    page = await repo.fetch_results(scan.id, sort="close", offset=1990, limit=20)
+    assert page is not None and got == page.rows
+    assert await repo.export_results(uuid4()) is None
+    assert await repo.export_results("not-a-uuid") is None
+    empty = await drive(repo, "completed")
+    export = await repo.export_results(empty.id)
+    assert export is not None and len(export) == 0
+    assert [batch async for batch in export.batches()] == []
+    for bad in ({"limit": 0}, {"limit": 2**31}, {"offset": -1}, {"sort": "data"}):
+        with pytest.raises(InvalidInput):
+            await repo.export_results(scan.id, **bad)  # type: ignore[arg-type]
+
+
 async def test_fetch_results_filters(module_repository: Repository) -> None:
     repo = module_repository
     scan = await drive(repo, "running")
@@ -666,6 +707,35 @@ async def test_mark_interrupted(module_repository: Repository) -> None:
     assert await repo.mark_interrupted() == [other.id]
     assert (await repo.get_scan(done.id)).status == "completed"  # type: ignore[union-attr]
     assert await repo.mark_interrupted() == []
+
+
+async def test_mark_interrupted_spares_the_scans_of_owners_seen_recently(
+    module_repository: Repository,
+) -> None:
+    repo = module_repository
+    await repo.pool.execute("DELETE FROM scan_owners")
+    await repo.record_owner("alive")
+    await repo.record_owner("dead")
+    await repo.pool.execute(
+        "UPDATE scan_owners SET seen_at = now() - interval '1 minute' WHERE owner = 'dead'"
+    )
+    alive = await repo.create_scan(uuid4(), {}, owner="alive")
+    await repo.transition(alive.id, "running")
+    dead = await repo.create_scan(uuid4(), {}, owner="dead")
+    await repo.transition(dead.id, "running")
+    never_recorded = await repo.create_scan(uuid4(), {}, owner="never-recorded")
+    no_owner = await repo.create_scan(uuid4(), {})
+
+    marked = await repo.mark_interrupted(silent_for_s=30)
+    assert set(marked) == {dead.id, never_recorded.id, no_owner.id}
+    assert (await repo.get_scan(alive.id)).status == "running"  # type: ignore[union-attr]
+    assert await repo.forget_silent_owners(30) == 1
+    owners = await repo.pool.fetch("SELECT owner FROM scan_owners")
+    assert [r["owner"] for r in owners] == ["alive"]
+    await repo.record_owner("alive")  # a heartbeat: the same owner, seen again
+    assert await repo.pool.fetchval("SELECT count(*) FROM scan_owners") == 1
+    with pytest.raises(InvalidInput, match="silent_for_s"):
+        await repo.mark_interrupted(silent_for_s=-1)
 
 
 async def test_deleting_a_scan_deletes_its_rows(module_repository: Repository) -> None:

@@ -18,8 +18,10 @@ import orjson
 import pytest
 from aiohttp import WSMsgType, web
 from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker
+from technic.server.cursor import Cursor
 from technic.server.hub import Hub
-from technic.server.streams import StreamStats, parse_resume_seq, sse_stream, websocket_stream
+from technic.server.requests import RequestError, parse_cursor
+from technic.server.streams import StreamStats, sse_stream, websocket_stream
 
 STAGE_WEIGHTS = dict(SCAN_STAGES)
 
@@ -27,13 +29,14 @@ STAGE_WEIGHTS = dict(SCAN_STAGES)
 def make_app(
     hub: Hub, stats: StreamStats, *, sse_heartbeat_s: float = 15.0, direct_write: bool = True
 ) -> web.Application:
-    """What the real routes do around the two handler cores: parse, then delegate."""
+    """What the real routes do around the two handler cores: parse (with the parser the
+    routes use), then delegate."""
 
     async def ws_route(request: web.Request) -> web.StreamResponse:
         try:
-            since = parse_resume_seq(request.query.get("since"))
-        except ValueError as error:
-            raise web.HTTPBadRequest(text=str(error)) from None
+            since = parse_cursor(request.query.get("since"), "since")
+        except RequestError as error:
+            raise web.HTTPBadRequest(text=error.message) from None
         return await websocket_stream(
             request, hub, request.match_info["id"], since, direct_write=direct_write, stats=stats
         )
@@ -41,9 +44,9 @@ def make_app(
     async def sse_route(request: web.Request) -> web.StreamResponse:
         raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         try:
-            last_event_id = parse_resume_seq(raw)
-        except ValueError as error:
-            raise web.HTTPBadRequest(text=str(error)) from None
+            last_event_id = parse_cursor(raw, "Last-Event-ID")
+        except RequestError as error:
+            raise web.HTTPBadRequest(text=error.message) from None
         return await sse_stream(
             request,
             hub,
@@ -326,7 +329,14 @@ async def read_sse(response: aiohttp.ClientResponse) -> list[dict[str, Any]]:
 
 
 def events_of(blocks: list[dict[str, Any]]) -> list[tuple[int, str | None, dict[str, Any]]]:
-    return [(int(b["id"]), b.get("event"), orjson.loads(b["data"])) for b in blocks if "data" in b]
+    """(seq, event name, snapshot) per event; each id is the cursor of its snapshot."""
+    events = []
+    for block in blocks:
+        if "data" in block:
+            snapshot = orjson.loads(block["data"])
+            assert Cursor.parse(block["id"]) == Cursor(snapshot["epoch"], snapshot["seq"])
+            events.append((snapshot["seq"], block.get("event"), snapshot))
+    return events
 
 
 async def test_sse_stream_follows_a_scan_and_ends_after_the_terminal_event() -> None:
@@ -341,7 +351,7 @@ async def test_sse_stream_follows_a_scan_and_ends_after_the_terminal_event() -> 
             assert response.headers["Content-Type"] == "text/event-stream"
             assert response.headers["Cache-Control"] == "no-cache"
             assert response.headers["X-Accel-Buffering"] == "no"
-            assert response.headers["Connection"] == "keep-alive"
+            assert response.headers["Connection"] == "close"  # see server/streams.py
             assert (await response.content.readline()) == b"retry: 2000\n"
             assert (await response.content.readline()) == b"\n"
         readers = [asyncio.create_task(read_sse(r)) for r in (default, named)]
@@ -366,13 +376,13 @@ async def test_sse_stream_follows_a_scan_and_ends_after_the_terminal_event() -> 
 @pytest.mark.parametrize(
     "how",
     [
-        lambda seq: ("", {"Last-Event-ID": str(seq)}),
-        lambda seq: (f"?last_event_id={seq}", {}),
+        lambda cursor: ("", {"Last-Event-ID": cursor}),
+        lambda cursor: (f"?last_event_id={cursor}", {}),
     ],
     ids=["header", "query"],
 )
 async def test_sse_resumes_after_the_last_event_id(
-    how: Callable[[int], tuple[str, dict[str, str]]],
+    how: Callable[[str], tuple[str, dict[str, str]]],
 ) -> None:
     hub, stats = Hub(), StreamStats()
     scan = Scan(hub, "scan-7")
@@ -381,7 +391,8 @@ async def test_sse_resumes_after_the_last_event_id(
     tracker.start_stage("universe_loading", total=2)
     seen = scan.seq
     async with serve(make_app(hub, stats), hub) as base, aiohttp.ClientSession() as session:
-        query, headers = how(seen)
+        epoch = hub.latest("scan-7")["epoch"]
+        query, headers = how(f"{epoch}.{seen}")
         response = await session.get(f"{base}/scan/stream/scan-7{query}", headers=headers)
         reader = asyncio.create_task(read_sse(response))
         await asyncio.sleep(0.05)
@@ -390,13 +401,41 @@ async def test_sse_resumes_after_the_last_event_id(
         assert events[0][0] == seen + 1  # nothing the client already had
         assert [e[0] for e in events[:-1]] == list(range(seen + 1, scan.seq + 1))
         # Reconnecting after the end: 204 tells EventSource to stop reconnecting.
-        query, headers = how(scan.seq)
+        query, headers = how(f"{epoch}.{scan.seq}")
         again = await session.get(f"{base}/scan/stream/scan-7{query}", headers=headers)
         assert again.status == 204
-        query, headers = how(scan.seq - 1)
+        query, headers = how(f"{epoch}.{scan.seq - 1}")
         last = await session.get(f"{base}/scan/stream/scan-7{query}", headers=headers)
         events = events_of(await read_sse(last))
         assert [(e[0], e[1]) for e in events] == [(scan.seq, None), (scan.seq, "completed")]
+
+
+async def test_a_cursor_of_another_stream_gets_the_current_snapshot() -> None:
+    """After a restart seq starts again at 1: a cursor from before names nothing here."""
+    hub, stats = Hub(), StreamStats()
+    for seq in (1, 2, 3):
+        hub.publish("scan-9", {"scan_id": "scan-9", "status": "running", "seq": seq})
+    epoch = hub.latest("scan-9")["epoch"]
+    foreign = ["0ld3p0c4.2", "0ld3p0c4.82", "82"]  # another epoch; a bare seq not sent here
+    async with serve(make_app(hub, stats), hub) as base, aiohttp.ClientSession() as session:
+        for cursor in foreign:
+            ws = await session.ws_connect(f"{base}/scan/ws/scan-9?since={cursor}")
+            assert orjson.loads(await ws.receive_str(timeout=5))["seq"] == 3, cursor
+            await ws.close()
+        own = await session.ws_connect(f"{base}/scan/ws/scan-9?since={epoch}.3")
+        with pytest.raises(asyncio.TimeoutError):
+            await own.receive(timeout=0.1)
+        await own.close()
+        hub.publish("scan-9", {"scan_id": "scan-9", "status": "interrupted", "seq": 4})
+        for cursor in foreign:
+            response = await session.get(
+                f"{base}/scan/stream/scan-9", headers={"Last-Event-ID": cursor}
+            )
+            assert response.status == 200, cursor
+            events = events_of(await read_sse(response))
+            assert [(e[0], e[1]) for e in events] == [(4, None), (4, "interrupted")]
+        done = await session.get(f"{base}/scan/stream/scan-9?last_event_id={epoch}.4")
+        assert done.status == 204
 
 
 async def test_sse_sends_heartbeats_when_idle_and_ends_on_shutdown() -> None:
@@ -420,10 +459,12 @@ async def test_sse_sends_heartbeats_when_idle_and_ends_on_shutdown() -> None:
     assert stats.open_sse == 0
 
 
-def test_parse_resume_seq() -> None:
-    assert parse_resume_seq(None) is None
-    assert parse_resume_seq("") is None
-    assert parse_resume_seq(" 42 ") == 42
-    for bad in ("-1", "1.5", "abc", "٣"):
-        with pytest.raises(ValueError):
-            parse_resume_seq(bad)
+def test_parse_cursor_is_what_the_routes_use() -> None:
+    assert parse_cursor(None, "since") is None
+    assert parse_cursor("", "since") is None
+    assert parse_cursor(" 42 ", "since") == Cursor(None, 42)
+    assert parse_cursor("3fa9c2d1.42", "since") == Cursor("3fa9c2d1", 42)
+    for bad in ("-1", "1.5.2", "abc", "٣", "a.b"):
+        with pytest.raises(RequestError) as error:
+            parse_cursor(bad, "Last-Event-ID")
+        assert error.value.field == "Last-Event-ID" and error.value.status == 400

@@ -121,6 +121,11 @@ class PolygonProvider:
             return read_universe_file(self.config.universe_file)
         return sample.load_sample_universe()
 
+    def bar_count(self) -> int:
+        """At most the window and the sessions before it that per-symbol requests reach:
+        a scan too large for MAX_SCAN_CELLS is refused before a request is spent."""
+        return self.config.lookback_bars + MARGIN_SESSIONS
+
     def identity(self) -> str:
         """Same end day, window and store generation (bumped by every detected split):
         the same bars."""

@@ -785,14 +785,27 @@ function scanView(scanId) {
   async function showOutcome(snapshot) {
     const status = snapshot.status;
     if (status === "completed") {
-      outcome.append(card(null, h("p", { class: "hint" }, "Loading results…")));
-      try {
-        const results = await api(`/scan/results/${scanId}`, { query: { limit: RESULTS_PAGE } });
-        outcome.replaceChildren(...completedOutcome(scanId, results, snapshot, disposers));
-      } catch (error) {
-        outcome.replaceChildren(card("Results", h("p", { class: "form-error" }, errorText(error))));
+      const hint = h("p", { class: "hint" }, "Loading results…");
+      outcome.append(card(null, hint));
+      let left = false;
+      disposers.push(() => {
+        left = true;
+      });
+      // results are read from storage: a 503 says they are still being stored, so wait
+      for (;;) {
+        try {
+          const results = await api(`/scan/results/${scanId}`, { query: { limit: RESULTS_PAGE } });
+          outcome.replaceChildren(...completedOutcome(scanId, results, snapshot, disposers));
+        } catch (error) {
+          if (error instanceof ApiError && error.status === 503 && !left) {
+            setText(hint, `${errorText(error)} Trying again…`);
+            await new Promise((resolve) => setTimeout(resolve, RESULTS_RETRY_MS));
+            continue;
+          }
+          outcome.replaceChildren(card("Results", h("p", { class: "form-error" }, errorText(error))));
+        }
+        return;
       }
-      return;
     }
     const texts = {
       failed: ["This scan failed.", snapshot.error || snapshot.message || "No reason was given."],
@@ -849,7 +862,9 @@ async function lookUpConfig(scanId) {
 // -- results ----------------------------------------------------------------------------
 
 const RESULTS_PAGE = 1000;
+const RESULTS_RETRY_MS = 2000;
 const SHOW_ROWS = 50;
+// the sort keys GET /scan/results accepts (RESULT_SORTS in storage/repository.py)
 const SERVER_SORTS = new Set([
   "rank",
   "symbol",
@@ -863,7 +878,6 @@ const SERVER_SORTS = new Set([
   "dollar_volume_20d",
   "reward_risk",
 ]);
-const SIGNAL_ORDER = { "Strong Buy": 0, Buy: 1, Neutral: 2, Sell: 3, "Strong Sell": 4 };
 const signalClass = (signal) =>
   `signal signal-${String(signal || "")
     .toLowerCase()
@@ -900,18 +914,6 @@ const COLUMNS = [
   { key: "position_size", label: "Shares", num: true, plan: true, format: (v) => fmtInt(v) },
 ];
 
-function compareRows(key, descending) {
-  const value = (row) => (key === "signal" ? SIGNAL_ORDER[row.signal] : row[key]);
-  return (a, b) => {
-    const x = value(a);
-    const y = value(b);
-    if (x === null || x === undefined) return y === null || y === undefined ? 0 : 1;
-    if (y === null || y === undefined) return -1;
-    const order = typeof x === "string" ? x.localeCompare(y) : x - y;
-    return descending ? -order : order;
-  };
-}
-
 function share(part, whole) {
   return whole > 0 ? Math.round((100 * part) / whole) : 0;
 }
@@ -919,7 +921,7 @@ function share(part, whole) {
 function completedOutcome(scanId, results, snapshot, disposers) {
   const metrics = results.performance_metrics || {};
   const timings = results.stage_timings || {};
-  const csvHref = apiUrl(`/scan/results/${scanId}`, { format: "csv", limit: 100000 }).toString();
+  const csvHref = apiUrl(`/scan/results/${scanId}`, { format: "csv" }).toString(); // every row
   const download = h(
     "a",
     { class: "button", id: "download-csv", href: csvHref, download: `technic-${scanId}.csv` },
@@ -980,7 +982,7 @@ function completedOutcome(scanId, results, snapshot, disposers) {
   const headCells = {};
   const headRow = h("tr", {});
   for (const column of COLUMNS) {
-    const sortable = complete || SERVER_SORTS.has(column.key);
+    const sortable = SERVER_SORTS.has(column.key);
     const th = h("th", {
       scope: "col",
       class:
@@ -1064,22 +1066,20 @@ function completedOutcome(scanId, results, snapshot, disposers) {
       if (name === key) th.setAttribute("aria-sort", descending ? "descending" : "ascending");
       else th.removeAttribute("aria-sort");
     }
-    if (complete) {
-      rows.sort(compareRows(key, descending));
-    } else {
-      table.setAttribute("aria-busy", "true");
-      try {
-        const page = await api(`/scan/results/${scanId}`, {
-          query: { limit: RESULTS_PAGE, sort: key, order: descending ? "desc" : "asc" },
-        });
-        if (key !== sortKey) return; // another heading was clicked meanwhile
-        rows.splice(0, rows.length, ...page.results);
-      } catch (error) {
-        setText(countNote, errorText(error));
-        return;
-      } finally {
-        table.removeAttribute("aria-busy");
-      }
+    // the server sorts, always: one order (missing values last, ties by rank) however
+    // many rows the page holds
+    table.setAttribute("aria-busy", "true");
+    try {
+      const page = await api(`/scan/results/${scanId}`, {
+        query: { limit: RESULTS_PAGE, sort: key, order: descending ? "desc" : "asc" },
+      });
+      if (key !== sortKey) return; // another heading was clicked meanwhile
+      rows.splice(0, rows.length, ...page.results);
+    } catch (error) {
+      setText(countNote, errorText(error));
+      return;
+    } finally {
+      table.removeAttribute("aria-busy");
     }
     draw();
   }

@@ -5,13 +5,16 @@
 // transport that does not work (the server answers, but the stream cannot open), and after a
 // server restart it is the authoritative state even if its seq restarted from zero.
 //
-// Then a stream is opened from the last seq seen (WebSocket ?since=, SSE ?last_event_id=).
+// Then a stream is opened from the cursor of the last snapshot seen, EPOCH.SEQ (WebSocket
+// ?since=, SSE ?last_event_id=): the epoch names the server's stream of the scan, so a
+// server that restarted (a new stream, seq from 1 again) answers a cursor from before with
+// its current snapshot instead of "nothing new".
 // A transport that fails to open twice in a row while the server answers REST is given up
 // for the next one (ws -> sse -> poll); after a minute on a lower rung the better one is
 // tried again. A stream that opened and then dropped reconnects on the same transport with
-// a backoff of 0.5 s doubling to 5 s. Snapshots with a seq at or below the last one are
-// dropped, so a replayed or conflated message never moves the bar backwards; a terminal
-// snapshot is always taken and ends the feed.
+// a backoff of 0.5 s doubling to 5 s. Snapshots of the same stream with a seq at or below
+// the last one are dropped, so a replayed or conflated message never moves the bar
+// backwards; a terminal snapshot is always taken and ends the feed.
 
 import { ApiError, TERMINAL, api, apiUrl } from "./util.js";
 
@@ -43,6 +46,7 @@ export class LiveFeed {
     this.mode = this.preferred;
     while (!available(this.mode)) this.mode = LADDER[LADDER.indexOf(this.mode) + 1];
     this.lastSeq = -1;
+    this.lastEpoch = null;
     this.done = false;
     this.stopped = false;
     this.failures = { ws: 0, sse: 0, poll: 0 };
@@ -84,14 +88,25 @@ export class LiveFeed {
     if (this.done || this.stopped || !snapshot || typeof snapshot !== "object") return;
     const terminal = TERMINAL.has(snapshot.status);
     const seq = typeof snapshot.seq === "number" ? snapshot.seq : null;
-    if (!authoritative && !terminal && seq !== null && seq <= this.lastSeq) return;
-    if (seq !== null && (authoritative || seq > this.lastSeq)) this.lastSeq = seq;
+    const epoch = typeof snapshot.epoch === "string" ? snapshot.epoch : null;
+    const newer = seq !== null && (epoch !== this.lastEpoch || seq > this.lastSeq);
+    if (!authoritative && !terminal && seq !== null && !newer) return;
+    if (seq !== null && (authoritative || newer)) {
+      this.lastSeq = seq;
+      this.lastEpoch = epoch;
+    }
     this.onSnapshot(snapshot);
     if (terminal) {
       this.done = true;
       this.closeStream?.();
       this.state("ended");
     }
+  }
+
+  /** The resume cursor of the last snapshot taken (EPOCH.SEQ, or SEQ), if any. */
+  cursor() {
+    if (this.lastSeq < 0) return undefined;
+    return this.lastEpoch === null ? String(this.lastSeq) : `${this.lastEpoch}.${this.lastSeq}`;
   }
 
   sleep(ms) {
@@ -181,7 +196,7 @@ export class LiveFeed {
     return new Promise((resolve) => {
       const url = apiUrl(
         `/scan/ws/${this.scanId}`,
-        { since: this.lastSeq >= 0 ? this.lastSeq : undefined },
+        { since: this.cursor() },
         { withToken: true },
       );
       url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
@@ -216,7 +231,7 @@ export class LiveFeed {
     return new Promise((resolve) => {
       const url = apiUrl(
         `/scan/stream/${this.scanId}`,
-        { last_event_id: this.lastSeq >= 0 ? this.lastSeq : undefined },
+        { last_event_id: this.cursor() },
         { withToken: true },
       );
       let opened = false;
@@ -261,7 +276,8 @@ export class LiveFeed {
       if (this.done || this.stopped || stop) break;
       const snapshot = await this.resync();
       if (snapshot === null || snapshot === "gone" || snapshot === "unauthorized") break;
-      if (snapshot.seq !== this.lastSeq || TERMINAL.has(snapshot.status)) this.accept(snapshot, true);
+      const changed = snapshot.seq !== this.lastSeq || (snapshot.epoch ?? null) !== this.lastEpoch;
+      if (changed || TERMINAL.has(snapshot.status)) this.accept(snapshot, true);
       if (this.downgradedAt !== null && Date.now() - started > UPGRADE_AFTER_MS) {
         outcome = "upgrade";
         break;

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +57,7 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float 
 
 
 async def start(session: aiohttp.ClientSession, url: str, body: dict) -> str:
-    async with session.post(f"{url}/scan/start", data=orjson.dumps(body)) as response:
+    async with session.post(f"{url}/scan/start", json=body) as response:
         return (await response.json())["scan_id"]
 
 
@@ -67,7 +66,7 @@ async def run_scan(
 ) -> tuple[float, str]:
     """One scan; its watchers connect while it waits in the queue, so only the cost of
     serving them is measured, not that of a thousand handshakes."""
-    blocker = await start(session, url, {**body, "max_symbols": 100_000})
+    blocker = await start(session, url, {**body, "max_symbols": 60_000})
     scan_id = await start(session, url, body)
     connected = 0
     all_connected = asyncio.Event()
