@@ -21,7 +21,7 @@ import orjson
 from technic.config import Settings
 from technic.engine.fields import NUMERIC_FIELDS, SIGNALS
 from technic.engine.progress import SCAN_STAGES, STAGE_END_STATUSES, TERMINAL_STATUSES
-from technic.engine.scan_config import MAX_BARS, MIN_BARS, TRADE_STYLES
+from technic.engine.scan_config import MAX_BARS, MIN_BARS, TRADE_STYLES, UNIVERSES
 from technic.server.requests import API_PROVIDERS, DEFAULT_API_MAX_SYMBOLS
 from technic.server.views import PERFORMANCE_KEYS
 from technic.storage import RESULT_SORTS, SCAN_STATUSES
@@ -107,7 +107,18 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "sectors": _or_null(NAMES),
                 "industries": _or_null(NAMES),
                 "symbols": _or_null(NAMES),
-                "provider": {"enum": list(API_PROVIDERS), "default": "sample"},
+                "provider": {
+                    "enum": list(API_PROVIDERS),
+                    "default": "sample",
+                    "description": "`polygon` (also `massive`): daily bars from the Massive "
+                    "(Polygon.io) API; needs POLYGON_API_KEY on the server (else a 400).",
+                },
+                "universe": {
+                    "enum": list(UNIVERSES),
+                    "default": "bundled",
+                    "description": "`market` (polygon only): every active US common stock "
+                    "the provider lists, sectors from their SIC codes.",
+                },
                 "as_of": _or_null({"type": "string", "format": "date"}),
                 "trade_style": {"enum": list(TRADE_STYLES), "default": "swing"},
                 "account_size": {"type": "number", "minimum": 1, "maximum": 1e12},
@@ -143,7 +154,14 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "duration": _or_null(NUMBER),
                 "throughput": _or_null(NUMBER),
                 "eta": _or_null(NUMBER),
-            }
+                "unit": {
+                    "type": "string",
+                    "description": "What `current` and `total` count: symbols, steps, or "
+                    "requests (data_fetching of a network provider). Absent from a snapshot "
+                    "rebuilt from storage.",
+                },
+            },
+            optional=("unit",),
         ),
         "Progress": _object(
             {

@@ -150,7 +150,17 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 
 def server_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
-    drop = ("TECHNIC_API_TOKEN", "PORT", "HOST", "PYTHONTRACEMALLOC")
+    # a developer's own Massive (Polygon.io) key never reaches a test server: a fuzzed
+    # polygon scan would spend its quota on the real API
+    drop = (
+        "TECHNIC_API_TOKEN",
+        "PORT",
+        "HOST",
+        "PYTHONTRACEMALLOC",
+        "POLYGON_API_KEY",
+        "MASSIVE_API_KEY",
+        "POLYGON_BASE_URL",
+    )
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(
         DATABASE_URL=database_url,
