@@ -25,6 +25,7 @@ PROVIDER_ALIASES: dict[str, str] = {"massive": "polygon"}
 UNIVERSES: tuple[str, ...] = ("bundled", "market")
 TRADE_STYLES: tuple[str, ...] = ("day", "swing", "position")
 MAX_SYMBOLS_LIMIT = 1_000_000
+MAX_NAME_LENGTH = 100
 MIN_BARS = 20
 MAX_BARS = 10_000
 
@@ -51,6 +52,13 @@ def _names(name: str, value: Any) -> tuple[str, ...] | None:
         raise InvalidConfig(name, f"must be a list of strings, got {value!r}")
     if not all(isinstance(item, str) and item.strip() for item in value):
         raise InvalidConfig(name, "must contain only non-empty strings")
+    # A name is shown, stored and written to CSV: a control character (NUL above all, which
+    # PostgreSQL cannot store in text) has no place in one, and no real name is that long.
+    for item in value:
+        if not item.strip().isprintable():
+            raise InvalidConfig(name, f"must not contain a control character, got {item!r}")
+        if len(item) > MAX_NAME_LENGTH:
+            raise InvalidConfig(name, f"entries must be at most {MAX_NAME_LENGTH} characters")
     if len(value) > MAX_SYMBOLS_LIMIT:
         raise InvalidConfig(name, f"may hold at most {MAX_SYMBOLS_LIMIT} entries")
     return tuple(item.strip() for item in value)
