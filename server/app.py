@@ -40,6 +40,7 @@ from technic.engine.errors import DataError, InvalidConfig
 from technic.engine.polygon.source import MISSING_KEY_MESSAGE, source_from_settings
 from technic.engine.progress import TERMINAL_STATUSES
 from technic.engine.scan import select_symbols
+from technic.engine.scan_config import ScanConfig
 from technic.engine.workers import WorkerPool
 from technic.server import openapi, streams, universe_routes
 from technic.server.errors import (
@@ -271,7 +272,7 @@ def _check_connections(request: web.Request) -> None:
         raise RequestError("too many open watchers; try again later", status=503)
 
 
-def _validate_universe(config: Any, max_scan_cells: int) -> None:
+def _validate_universe(config: ScanConfig, max_scan_cells: int) -> None:
     """Unknown sectors and industries, and a scan beyond MAX_SCAN_CELLS, are a 400 now,
     not a failed scan later. The market universe is the provider's list, fetched by the
     scan (in requests, with their progress): the scan checks that one."""

@@ -40,7 +40,6 @@ STAGE_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 
 # Methods outside this set are counted as "other": the method is the client's text, and a
 # label taken from it verbatim would let any client create series without bound.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-TRANSPORTS = ("websocket", "sse")
 
 
 class Metrics:

@@ -322,7 +322,6 @@ class Dispatcher:
             queue.SimpleQueue()
         )
         self._outcomes: queue.SimpleQueue[tuple[Any, Outcome]] = queue.SimpleQueue()
-        self._workers = workers
         self._threads = [
             threading.Thread(target=self._work, name=f"polygon-{i}", daemon=True)
             for i in range(workers)
