@@ -1,0 +1,203 @@
+"""What a scan's time will be, learned from past scans, and how right the estimate was.
+
+Priors. A stage's duration is modelled as ``fixed_s + per_unit_s * units``: the fixed part is
+what a stage pays whatever its size (starting workers, opening the block, a first request's
+round trip), the per-unit part what each symbol or request costs. Both come from the last
+scans of the same *kind* (``scan_kind``: the provider, and for a network provider its rate
+limit, because a request under 5 a minute and one under 100 a second are different units of
+time). The rule is chosen to be explainable and robust, not clever:
+
+- ``fixed_s`` is the intercept of a recency-weighted least-squares line through
+  (units, seconds) when the past scans' sizes differ by at least a factor of two (otherwise a
+  line through them says nothing about the intercept, and the measured default is kept);
+- ``per_unit_s`` is the recency-weighted *median* of ``(seconds - fixed_s) / units``, so one
+  odd scan (the first one on a cold cache, a machine busy with something else) does not drag
+  the estimate: from the third scan of a kind on, the usual case wins.
+
+Each step back in history weighs ``RECENCY_DECAY`` times the one after it, so the priors
+follow a machine that got faster or slower within a few scans.
+
+Without history the measured defaults (``DEFAULT_PRIORS``) apply, so the first scan on a new
+machine has a sane ETA. They were measured on this code with ``tests/bench/bench_eta.py
+--defaults`` on the reference machine named in the README; a faster machine simply finishes
+early on its first scan and learns its own figures from the second on.
+
+Accuracy. ``ScanAccuracy`` is what a finished scan says about its own estimates: the overall
+ETA predicted when the scan passed 10, 25, 50, 75 and 90 % of its expected time, beside the
+time that actually remained, and how linear its progress bars were in time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Percent of a scan's expected time at which its ETA is recorded.
+CHECKPOINTS: tuple[int, ...] = (10, 25, 50, 75, 90)
+# Weight of each step back in a kind's history (the newest scan weighs 1).
+RECENCY_DECAY = 0.8
+# How many past stage runs of a kind the priors read.
+HISTORY_SCANS = 20
+# Sizes must differ by this factor before a line through them estimates a fixed cost.
+FIT_SIZE_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class StagePrior:
+    """A stage's expected seconds: ``fixed_s + per_unit_s * units``."""
+
+    fixed_s: float
+    per_unit_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("fixed_s", "per_unit_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+
+    def seconds(self, units: float) -> float:
+        return self.fixed_s + self.per_unit_s * max(units, 0.0)
+
+
+Priors = Mapping[str, StagePrior]
+
+# Cold-start priors per provider, measured on this code (see the module docstring). A network
+# provider's data_fetching is paced by its rate limit (``set_pace``), which the tracker uses
+# on top of these.
+DEFAULT_PRIORS: dict[str, dict[str, StagePrior]] = {
+    "sample": {
+        "universe_loading": StagePrior(0.004, 0.0),
+        "data_fetching": StagePrior(0.01, 0.0012),
+        "symbol_scanning": StagePrior(0.15, 0.00012),
+        "finalization": StagePrior(0.02, 0.00002),
+    },
+    "csv": {
+        "universe_loading": StagePrior(0.004, 0.0),
+        "data_fetching": StagePrior(0.01, 0.0012),
+        "symbol_scanning": StagePrior(0.15, 0.00012),
+        "finalization": StagePrior(0.02, 0.00002),
+    },
+    "synthetic": {
+        "universe_loading": StagePrior(0.004, 0.0000005),
+        "data_fetching": StagePrior(0.01, 0.00003),
+        "symbol_scanning": StagePrior(0.15, 0.000012),
+        "finalization": StagePrior(0.02, 0.00001),
+    },
+    "polygon": {
+        "universe_loading": StagePrior(0.05, 0.0),
+        "data_fetching": StagePrior(0.05, 0.0),
+        "symbol_scanning": StagePrior(0.15, 0.00012),
+        "finalization": StagePrior(0.02, 0.00002),
+    },
+}
+
+
+def scan_kind(provider: str, requests_per_minute: int | None = None) -> str:
+    """The history a scan's priors are learned from: its provider, and the rate limit for a
+    network provider (``polygon@300/min``), since a request's cost is set by the limit."""
+    if provider == "polygon" and requests_per_minute:
+        return f"polygon@{requests_per_minute}/min"
+    return provider
+
+
+def fit_stage_prior(
+    history: Sequence[tuple[float, float]], default: StagePrior | None = None
+) -> StagePrior | None:
+    """A stage's prior from ``(units, seconds)`` of past runs, newest first (module docstring).
+
+    Runs with no units teach nothing about a per-unit cost and are ignored. Without usable
+    history the ``default`` is returned.
+    """
+    points = [
+        (float(units), float(seconds))
+        for units, seconds in history
+        if units > 0 and seconds >= 0 and math.isfinite(units) and math.isfinite(seconds)
+    ]
+    if not points:
+        return default
+    weights = [RECENCY_DECAY**age for age in range(len(points))]
+    sizes = [units for units, _ in points]
+    fixed_s = default.fixed_s if default is not None else 0.0
+    if len(points) >= 3 and max(sizes) >= FIT_SIZE_RATIO * min(sizes):
+        fixed_s = _intercept(points, weights)
+    per_unit = [max(seconds - fixed_s, 0.0) / units for units, seconds in points]
+    return StagePrior(fixed_s, _weighted_median(per_unit, weights))
+
+
+def fit_priors(
+    history: Mapping[str, Sequence[tuple[float, float]]], provider: str
+) -> dict[str, StagePrior]:
+    """Priors for every stage: fitted from ``history`` where a stage has some, else measured
+    defaults for the provider (a provider without defaults gets only what history gives)."""
+    defaults = DEFAULT_PRIORS.get(provider, {})
+    priors: dict[str, StagePrior] = {}
+    for stage in {*defaults, *history}:
+        prior = fit_stage_prior(history.get(stage, ()), defaults.get(stage))
+        if prior is not None:
+            priors[stage] = prior
+    return priors
+
+
+def _intercept(points: Sequence[tuple[float, float]], weights: Sequence[float]) -> float:
+    """Intercept of the weighted least-squares line, clamped at 0 (no negative fixed cost)."""
+    total = sum(weights)
+    mean_x = sum(w * x for w, (x, _) in zip(weights, points, strict=True)) / total
+    mean_y = sum(w * y for w, (_, y) in zip(weights, points, strict=True)) / total
+    spread = sum(w * (x - mean_x) ** 2 for w, (x, _) in zip(weights, points, strict=True))
+    if spread == 0:
+        return 0.0
+    slope = (
+        sum(w * (x - mean_x) * (y - mean_y) for w, (x, y) in zip(weights, points, strict=True))
+        / spread
+    )
+    return max(mean_y - max(slope, 0.0) * mean_x, 0.0)
+
+
+def _weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
+    """The smallest value at which the cumulative weight reaches half the total."""
+    ordered = sorted(zip(values, weights, strict=True))
+    half = sum(weights) / 2
+    running = 0.0
+    for value, weight in ordered:
+        running += weight
+        if running >= half:
+            return value
+    return ordered[-1][0]
+
+
+@dataclass(frozen=True)
+class EtaCheckpoint:
+    """The overall ETA when a scan passed ``checkpoint`` % of its expected time, and the
+    time that actually remained from that moment."""
+
+    checkpoint: int
+    elapsed_s: float
+    predicted_remaining_s: float
+    actual_remaining_s: float
+
+    @property
+    def error_pct(self) -> float | None:
+        """Signed: positive when the ETA said more time than it took (pessimistic)."""
+        if self.actual_remaining_s <= 0:
+            return None
+        return 100.0 * (self.predicted_remaining_s - self.actual_remaining_s) / (
+            self.actual_remaining_s
+        )
+
+
+@dataclass(frozen=True)
+class ScanAccuracy:
+    """How good a completed scan's progress reports were.
+
+    ``*_linearity`` is the R-squared of that bar against the ideal line from 0 at the start
+    to 100 at the end, over time (1 is perfectly steady; it can be negative for a bar that
+    is worse than a flat line at its mean). ``*_stall_s`` is the longest stretch during
+    which that bar did not visibly move (by ``VISIBLE_MOVE`` points or more).
+    """
+
+    checkpoints: tuple[EtaCheckpoint, ...]
+    time_linearity: float | None
+    overall_linearity: float | None
+    time_stall_s: float
+    overall_stall_s: float
