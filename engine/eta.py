@@ -181,8 +181,10 @@ class EtaCheckpoint:
         """Signed: positive when the ETA said more time than it took (pessimistic)."""
         if self.actual_remaining_s <= 0:
             return None
-        return 100.0 * (self.predicted_remaining_s - self.actual_remaining_s) / (
-            self.actual_remaining_s
+        return (
+            100.0
+            * (self.predicted_remaining_s - self.actual_remaining_s)
+            / (self.actual_remaining_s)
         )
 
 
@@ -201,3 +203,55 @@ class ScanAccuracy:
     overall_linearity: float | None
     time_stall_s: float
     overall_stall_s: float
+
+
+# A bar "moves" for a watcher when it grows by at least this many points (a pixel of a
+# 1,000-pixel bar).
+VISIBLE_MOVE = 0.1
+
+
+class ProgressTrace:
+    """A progress bar over time, as watchers saw it, reduced to a few running sums.
+
+    Between two samples the bar is taken to move in a straight line (a page animates it so).
+    The sums are the integrals over time of ``y``, ``y**2`` and ``t*y``, which is all the
+    R-squared against the ideal line ``100 * t / T`` needs once the total time ``T`` is
+    known; so a scan of any length is traced in constant memory.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] = (0.0, 0.0)
+        self._integral_y = 0.0
+        self._integral_yy = 0.0
+        self._integral_ty = 0.0
+        self._moved_at = 0.0
+        self._moved_to = 0.0
+        self.longest_stall_s = 0.0
+
+    def add(self, t: float, y: float) -> None:
+        """The bar showed ``y`` (0..100) at ``t`` seconds after the start; ``t`` never goes back."""
+        t0, y0 = self._last
+        if t < t0:
+            raise ValueError(f"t: samples must not go back in time ({t} after {t0})")
+        span = t - t0
+        self._integral_y += span * (y0 + y) / 2
+        self._integral_yy += span * (y0 * y0 + y0 * y + y * y) / 3
+        self._integral_ty += span * (t0 * (2 * y0 + y) + t * (y0 + 2 * y)) / 6
+        self._last = (t, y)
+        self.longest_stall_s = max(self.longest_stall_s, t - self._moved_at)
+        if y - self._moved_to >= VISIBLE_MOVE or (y >= 100 > self._moved_to):
+            self._moved_at, self._moved_to = t, y
+
+    def linearity(self, total_s: float) -> float | None:
+        """R-squared of the bar against the ideal line from 0 at the start to 100 at
+        ``total_s``; None for a scan too short to say (no time passed, or a flat bar)."""
+        if total_s <= 0:
+            return None
+        mean = self._integral_y / total_s
+        spread = self._integral_yy - mean * mean * total_s
+        residual = (
+            self._integral_yy - 200.0 / total_s * self._integral_ty + 10_000.0 * total_s / 3.0
+        )
+        if spread <= 0:
+            return None
+        return 1.0 - max(residual, 0.0) / spread

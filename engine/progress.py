@@ -6,13 +6,27 @@ overall progress is exactly ``sum(weight * stage_percent)``. Because each stage'
 only ever rises, the sum never goes back either.
 
 ETA is computed per stage, not as ``elapsed / progress - elapsed`` (which is wrong as soon
-as stages run at different speeds): a running stage extrapolates its own throughput; a
-stage that has not started uses a historical prior (seconds per unit) when one is given,
-otherwise the seconds-per-weight observed so far. Without priors, no ETA is given until
-the first unit of work is done, because before that any number would be a guess. A stage
-whose cost per unit is known in advance (``set_pace``: requests under a rate limit) is never
-estimated faster than that pace, so its ETA is right from its first second, and not fooled
-by a few quick first units.
+as stages run at different speeds). A stage that has not started is estimated from its
+prior (``engine.eta.StagePrior``: fixed seconds plus seconds per unit, learned from past
+scans of the same kind) when one is given, otherwise from the seconds-per-weight observed so
+far. A running stage blends its prior with its own observed rate, the prior weighing the
+share of units still to do, so the estimate moves from history to evidence smoothly instead
+of switching when the first chunk lands. Without priors, no ETA is given until the first
+unit of work is done, because before that any number would be a guess. A stage whose cost
+per unit is known in advance (``set_pace``: requests under a rate limit) is never estimated
+faster than that pace, so its ETA is right from its first second, and not fooled by a few
+quick first units.
+
+Two bars. ``overall_progress`` is the seed's weighted sum of stage percents, exactly; with
+fixed weights it is not linear in time (a fetch that takes 80 % of the time is 20 % of the
+bar). ``time_progress`` is the share of the expected total time done,
+``elapsed / (elapsed + overall_eta)``: it never goes back, reaches 100 only at the end, and
+with good priors grows linearly in time, so it is the bar a person watches.
+
+Measured, not claimed: when ``time_progress`` passes 10, 25, 50, 75 and 90 % the tracker
+notes the overall ETA, and it traces both bars as watchers saw them (every emitted
+snapshot), so a completed scan can say how right its ETA was and how steady its bars were
+(``accuracy()``, an ``engine.eta.ScanAccuracy``).
 
 The tracker is a sans-I/O object: it keeps state and calls ``on_emit(snapshot)``; it never
 sleeps, never touches a socket, and reads time only through the injected clocks.
@@ -26,6 +40,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from technic.engine.eta import (
+    CHECKPOINTS,
+    EtaCheckpoint,
+    ProgressTrace,
+    ScanAccuracy,
+    StagePrior,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +67,8 @@ SCAN_STAGES: tuple[tuple[str, float], ...] = (
 )
 
 Snapshot = dict[str, Any]
+# time_progress while a scan runs: 100 means done, which only the end may say.
+TIME_PROGRESS_CAP = 99.9
 # What a stage counts unless it says otherwise (``set_total(..., unit=)``: a network
 # provider's data_fetching counts requests).
 STAGE_UNITS = {
@@ -82,7 +106,12 @@ class _Stage:
     percent: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    # when the first report of done units arrived, and how many it counted: the rate after
+    # it excludes what the stage pays before its first unit (starting workers, a first request)
     first_unit_at: float | None = None
+    first_units: float = 0.0
+    # the units the stage is expected to have before its total is known (``expect``)
+    expected: float | None = None
     unit: str = "units"
 
     def elapsed(self, now: float) -> float:
@@ -96,14 +125,14 @@ class MultiStageProgressTracker:
     """Tracks weighted stages and emits throttled snapshots.
 
     ``stages`` is a sequence of ``(name, weight)`` with weights summing to 1.
-    ``priors`` maps a stage name to historical seconds per unit.
+    ``priors`` maps a stage name to its ``StagePrior`` (from past scans, or measured defaults).
     ``on_emit`` receives every snapshot that passes the throttle: at most one per
     ``min_interval_s``, except that stage changes and the terminal state always go out.
     """
 
     stages: Sequence[tuple[str, float]] = SCAN_STAGES
     on_emit: Callable[[Snapshot], None] | None = None
-    priors: Mapping[str, float] = field(default_factory=dict)
+    priors: Mapping[str, StagePrior] = field(default_factory=dict)
     scan_id: str | None = None
     min_interval_s: float = 0.1
     clock: Callable[[], float] = time.monotonic
@@ -135,6 +164,11 @@ class MultiStageProgressTracker:
         self._ended_mono: float | None = None
         self._last_emit_mono: float | None = None
         self._paces: dict[str, float] = {}
+        self._time_progress = 0.0
+        # (checkpoint, elapsed_s, predicted_remaining_s) in the order they were passed
+        self._checkpoints: list[tuple[int, float, float]] = []
+        self._time_trace = ProgressTrace()
+        self._overall_trace = ProgressTrace()
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -155,6 +189,13 @@ class MultiStageProgressTracker:
         record.total = float(total)
         if unit is not None:
             record.unit = unit
+
+    def expect(self, stage: str, units: float) -> None:
+        """How many units a stage will probably have, before ``set_total`` knows: the ETA of
+        a stage whose total is not known yet is then its prior for that many units."""
+        if units < 0 or not math.isfinite(units):
+            raise ValueError(f"units: must be a finite number >= 0, got {units}")
+        self._stage(stage).expected = float(units)
 
     def set_pace(self, stage: str, seconds_per_unit: float) -> None:
         """A stage's seconds per unit known in advance (a rate limit): its ETA never
@@ -191,6 +232,7 @@ class MultiStageProgressTracker:
             raise ValueError(f"stage {stage} is {record.status}, not running")
         if record.current == 0 and current > 0:
             record.first_unit_at = self.clock()
+            record.first_units = float(current)
         record.current = max(record.current, float(current))
         if record.total:
             fraction = min(record.current / record.total, 1.0)
@@ -247,6 +289,38 @@ class MultiStageProgressTracker:
     def overall_progress(self) -> float:
         return sum(record.weight * record.percent for record in self._stages.values())
 
+    @property
+    def time_progress(self) -> float:
+        """Percent of the expected total time done (module docstring); never goes back."""
+        if self._status == "completed":
+            self._time_progress = 100.0
+        elif self._status == "running" and self._started_mono is not None:
+            now = self.clock()
+            eta = self._overall_eta(self._stage_estimates(now), now)
+            elapsed = now - self._started_mono
+            if eta is not None and elapsed + eta > 0:
+                done = min(100.0 * elapsed / (elapsed + eta), TIME_PROGRESS_CAP)
+                self._time_progress = max(self._time_progress, done)
+        return self._time_progress
+
+    def accuracy(self) -> ScanAccuracy | None:
+        """How right this scan's ETAs were and how steady its bars: only a completed scan
+        knows the time that actually remained, so any other says None."""
+        if self._status != "completed" or self._started_mono is None or self._ended_mono is None:
+            return None
+        total = self._ended_mono - self._started_mono
+        checkpoints = tuple(
+            EtaCheckpoint(checkpoint, elapsed, predicted, max(total - elapsed, 0.0))
+            for checkpoint, elapsed, predicted in self._checkpoints
+        )
+        return ScanAccuracy(
+            checkpoints=checkpoints,
+            time_linearity=self._time_trace.linearity(total),
+            overall_linearity=self._overall_trace.linearity(total),
+            time_stall_s=self._time_trace.longest_stall_s,
+            overall_stall_s=self._overall_trace.longest_stall_s,
+        )
+
     def stage_durations(self) -> dict[str, float]:
         """Seconds per finished stage, in stage order."""
         return {
@@ -276,6 +350,7 @@ class MultiStageProgressTracker:
                 "unit": record.unit,
             }
         overall_eta = self._overall_eta(estimates, now)
+        time_progress = self.time_progress
         current = stages.get(self._current) if self._current else None
         end = self._ended_mono if self._ended_mono is not None else now
         elapsed_total = end - self._started_mono if self._started_mono is not None else 0.0
@@ -285,6 +360,7 @@ class MultiStageProgressTracker:
             "current_stage": self._current,
             "stages": stages,
             "overall_progress": self.overall_progress,
+            "time_progress": time_progress,
             "overall_eta": overall_eta,
             "overall_eta_formatted": format_eta(overall_eta),
             "stage_progress": current["progress"] if current else 0.0,
@@ -308,27 +384,60 @@ class MultiStageProgressTracker:
             raise ValueError(f"stage: unknown stage {stage!r}") from None
 
     def _stage_estimates(self, now: float) -> dict[str, float]:
-        """Estimated total seconds per stage, from what was observed or from priors."""
+        """Estimated total seconds per stage, from what was observed and from priors."""
         estimates: dict[str, float] = {}
         for name, record in self._stages.items():
-            pace = self._paces.get(name)
             if record.finished_at is not None:
                 estimates[name] = record.elapsed(now)
-            elif record.status == "running" and record.total and (record.current > 0 or pace):
-                elapsed = record.elapsed(now)
-                left = max(record.total - record.current, 0.0)
-                if pace is None:
-                    per_unit = elapsed / record.current
-                elif record.current >= 2 and record.first_unit_at is not None:
-                    # units after the first: the wait for the first answer is paid once
-                    per_unit = max(pace, (now - record.first_unit_at) / (record.current - 1))
-                else:
-                    per_unit = pace
-                estimates[name] = elapsed + left * per_unit
-            elif (name in self.priors or pace) and record.total is not None:
-                per_unit = max(self.priors.get(name, 0.0), pace or 0.0)
-                estimates[name] = per_unit * record.total
+                continue
+            pace = self._paces.get(name)
+            units = record.total if record.total is not None else record.expected
+            prior = self._prior_seconds(name, units)
+            if record.status != "running":
+                if prior is not None:
+                    estimates[name] = prior
+                continue
+            elapsed = record.elapsed(now)
+            observed = self._observed_seconds(record, pace, now)
+            if observed is None:
+                if prior is not None:
+                    estimates[name] = max(prior, elapsed)
+                continue
+            if prior is None or not record.total:
+                estimates[name] = observed
+                continue
+            done = min(record.current / record.total, 1.0)
+            estimates[name] = max((1.0 - done) * prior + done * observed, elapsed)
         return estimates
+
+    def _prior_seconds(self, name: str, units: float | None) -> float | None:
+        """A stage's expected seconds from its prior, never faster than its known pace."""
+        if units is None:
+            return None
+        prior = self.priors.get(name)
+        pace = self._paces.get(name)
+        if prior is None and pace is None:
+            return None
+        seconds = prior.seconds(units) if prior is not None else 0.0
+        return max(seconds, (pace or 0.0) * units)
+
+    def _observed_seconds(self, record: _Stage, pace: float | None, now: float) -> float | None:
+        """A running stage's total seconds extrapolated from its own units so far."""
+        if not record.total or (record.current <= 0 and pace is None):
+            return None
+        elapsed = record.elapsed(now)
+        left = max(record.total - record.current, 0.0)
+        after_first = record.current - record.first_units
+        if after_first > 0 and record.first_unit_at is not None:
+            # units after the first report: what the stage paid before it is paid once
+            per_unit = (now - record.first_unit_at) / after_first
+        elif record.current > 0:
+            per_unit = elapsed / record.current
+        else:
+            per_unit = 0.0
+        if pace is not None:
+            per_unit = max(per_unit, pace)
+        return elapsed + left * per_unit
 
     def _remaining(self, record: _Stage, estimate: float | None, now: float) -> float | None:
         if record.finished_at is not None:
@@ -345,7 +454,9 @@ class MultiStageProgressTracker:
             for name, record in self._stages.items()
             if record.finished_at is not None or (record.status == "running" and record.current)
         ]
-        if not observed and not any(name in self.priors for name in self._stages):
+        if not observed and not any(
+            name in self.priors or name in self._paces for name in self._stages
+        ):
             return None
         if not estimates:
             return None
@@ -367,5 +478,22 @@ class MultiStageProgressTracker:
             return
         self._last_emit_mono = now
         self._seq += 1
+        snapshot = self.snapshot()
+        self._observe(snapshot)
         if self.on_emit is not None:
-            self.on_emit(self.snapshot())
+            self.on_emit(snapshot)
+
+    def _observe(self, snapshot: Snapshot) -> None:
+        """Trace the bars as watchers see them and note the ETA at each checkpoint."""
+        if self._started_mono is None:
+            return
+        elapsed = snapshot["elapsed_seconds"]
+        self._time_trace.add(elapsed, snapshot["time_progress"])
+        self._overall_trace.add(elapsed, snapshot["overall_progress"])
+        eta = snapshot["overall_eta"]
+        if self._status != "running" or eta is None:
+            return
+        passed = {checkpoint for checkpoint, _, _ in self._checkpoints}
+        for checkpoint in CHECKPOINTS:
+            if checkpoint not in passed and snapshot["time_progress"] >= checkpoint:
+                self._checkpoints.append((checkpoint, elapsed, eta))

@@ -36,6 +36,7 @@ from technic.engine.block import Universe
 from technic.engine.cache import BlockCache, CacheLease, cache_key, read_block
 from technic.engine.chunk import ChunkJob, ChunkResult, scan_chunk
 from technic.engine.errors import InvalidConfig, ScanCancelled, WorkerDied
+from technic.engine.eta import ScanAccuracy, StagePrior, fit_priors
 from technic.engine.fields import NUMERIC_FIELDS, ROW_FIELDS
 from technic.engine.progress import MultiStageProgressTracker, Snapshot
 from technic.engine.providers import QUIET, Provider, StageProgress, provider_for
@@ -69,6 +70,8 @@ class ScanResult:
     metrics: dict[str, Any]
     snapshot: Snapshot
     scan_id: str | None = None
+    # how right the scan's ETAs were (a completed scan only)
+    accuracy: ScanAccuracy | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The CLI's ``--format json`` document."""
@@ -131,7 +134,7 @@ def run_scan(
     executor: Executor | None = None,
     cancel: CancelEvent | None = None,
     cache_dir: Path | None = None,
-    priors: Mapping[str, float] | None = None,
+    priors: Mapping[str, StagePrior] | None = None,
     scan_id: str | None = None,
     progress_interval_s: float = 0.1,
     max_chunks_in_flight: int | None = None,
@@ -144,7 +147,8 @@ def run_scan(
     ``polygon`` is the polygon provider's key, host, shared rate limiter and bar store
     (``polygon.source_from_settings``); without it that provider refuses to start.
 
-    ``priors`` (seconds per unit per stage, from past scans) make the first ETA realistic.
+    ``priors`` (per stage, fitted from past scans of the same kind: ``engine.eta``) make the
+    first ETA realistic; without them the measured defaults of the provider apply.
     ``max_chunks_in_flight`` bounds this scan's share of a shared pool (default: twice
     the executor's workers), so concurrent scans interleave instead of queueing whole.
     ``max_scan_cells`` refuses a scan of more symbols x bars (``InvalidConfig``);
@@ -152,10 +156,14 @@ def run_scan(
     """
     tracker = MultiStageProgressTracker(
         on_emit=on_progress,
-        priors=dict(priors or {}),
+        priors=dict(priors if priors is not None else fit_priors({}, config.provider)),
         scan_id=scan_id,
         min_interval_s=progress_interval_s,
     )
+    expected = len(config.symbols) if config.symbols else config.max_symbols
+    for stage in ("data_fetching", "symbol_scanning"):
+        tracker.expect(stage, expected)
+    tracker.expect("finalization", len(FINALIZATION_STEPS))
     started = time.monotonic()
     tracker.start()
 
@@ -203,6 +211,7 @@ def run_scan(
         metrics=metrics,
         snapshot=tracker.snapshot(),
         scan_id=scan_id,
+        accuracy=tracker.accuracy(),
     )
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
-from technic.engine.progress import SCAN_STAGES, MultiStageProgressTracker, format_eta
+from technic.engine.eta import CHECKPOINTS, StagePrior
+from technic.engine.progress import (
+    SCAN_STAGES,
+    TIME_PROGRESS_CAP,
+    MultiStageProgressTracker,
+    format_eta,
+)
 
 from tests.seed_contract import SEED_PROGRESS_FIELDS
 
@@ -126,11 +133,13 @@ def test_overall_eta_sums_each_stage_remaining_work_not_elapsed_over_progress() 
 
 def test_priors_give_an_eta_before_any_unit_is_done() -> None:
     clock, emitted = FakeClock(), []
-    tracker = make(clock, emitted, stages=(("a", 0.5), ("b", 0.5)), priors={"a": 0.1, "b": 0.5})
+    priors = {"a": StagePrior(0.0, 0.1), "b": StagePrior(2.0, 0.5)}
+    tracker = make(clock, emitted, stages=(("a", 0.5), ("b", 0.5)), priors=priors)
     tracker.set_total("a", 100)
     tracker.set_total("b", 100)
     tracker.start_stage("a")
-    assert tracker.snapshot()["overall_eta"] == pytest.approx(10 + 50)
+    # fixed plus per unit: a is 0 + 100 x 0.1, b is 2 + 100 x 0.5
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(10 + 52)
     assert tracker.snapshot()["stage_eta"] == pytest.approx(10)
 
 
@@ -235,3 +244,169 @@ def test_unknown_stage_and_updates_to_a_stage_not_running_are_refused() -> None:
         tracker.set_total("data_fetching", -1)
     with pytest.raises(ValueError, match="terminal"):
         tracker.finish("running")  # type: ignore[arg-type]
+
+
+# -- time_progress, checkpoints and linearity ----------------------------------------------
+
+
+def run_at_rates(
+    stage_seconds: dict[str, float],
+    priors: dict[str, StagePrior],
+    units: int = 100,
+    tick_s: float = 0.1,
+) -> tuple[MultiStageProgressTracker, list[dict]]:
+    """Drive the seed's four stages through a scan where each stage takes the given seconds
+    for ``units`` units, one report per tick, as run_scan would."""
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, priors=priors, min_interval_s=0.0)
+    tracker.start()
+    for name, _ in SCAN_STAGES:
+        tracker.set_total(name, units)
+    for name, _ in SCAN_STAGES:
+        tracker.start_stage(name)
+        ticks = max(round(stage_seconds[name] / tick_s), 1)
+        for tick in range(1, ticks + 1):
+            clock.now += stage_seconds[name] / ticks
+            tracker.update(name, units * tick / ticks)
+        tracker.complete_stage(name)
+    tracker.finish("completed")
+    return tracker, emitted
+
+
+def r_squared_by_sampling(times: np.ndarray, values: np.ndarray) -> float:
+    """The same measure computed a second way: the bar interpolated on a fine grid."""
+    grid = np.linspace(0.0, times[-1], 200_001)
+    bar = np.interp(grid, times, values)
+    ideal = 100.0 * grid / times[-1]
+    return 1.0 - float(np.sum((bar - ideal) ** 2) / np.sum((bar - bar.mean()) ** 2))
+
+
+# fetching takes 80 % of the time but is 20 % of the seed's bar
+UNLIKE_WEIGHTS = {
+    "universe_loading": 0.5,
+    "data_fetching": 8.0,
+    "symbol_scanning": 1.0,
+    "finalization": 0.5,
+}
+
+
+def test_time_progress_with_right_priors_is_linear_while_the_weighted_bar_is_not() -> None:
+    exact = {name: StagePrior(0.0, seconds / 100) for name, seconds in UNLIKE_WEIGHTS.items()}
+    tracker, emitted = run_at_rates(UNLIKE_WEIGHTS, exact)
+    times = np.array([snap["elapsed_seconds"] for snap in emitted])
+    time_bar = np.array([snap["time_progress"] for snap in emitted])
+    weighted_bar = np.array([snap["overall_progress"] for snap in emitted])
+    assert np.all(np.diff(time_bar) >= 0), "time_progress went back"
+    assert time_bar[-1] == 100.0 and weighted_bar[-1] == pytest.approx(100.0)
+    assert max(time_bar[:-1]) < 100.0, "time_progress said 100 before the end"
+    # every snapshot's time_progress is elapsed / (elapsed + ETA), short of 100 until the end
+    for snap in emitted[1:-1]:
+        done = 100 * snap["elapsed_seconds"] / (snap["elapsed_seconds"] + snap["overall_eta"])
+        assert snap["time_progress"] == pytest.approx(min(done, TIME_PROGRESS_CAP))
+    accuracy = tracker.accuracy()
+    assert accuracy is not None
+    assert accuracy.time_linearity == pytest.approx(1.0, abs=1e-6)
+    assert accuracy.time_linearity == pytest.approx(
+        r_squared_by_sampling(times, time_bar), abs=1e-6
+    )
+    assert accuracy.overall_linearity == pytest.approx(
+        r_squared_by_sampling(times, weighted_bar), abs=1e-4
+    )
+    assert accuracy.overall_linearity < 0.8
+    # right priors: every checkpoint's ETA is the time that remained
+    assert [c.checkpoint for c in accuracy.checkpoints] == list(CHECKPOINTS)
+    for checkpoint in accuracy.checkpoints:
+        assert checkpoint.error_pct == pytest.approx(0.0, abs=1e-6)
+        assert checkpoint.actual_remaining_s == pytest.approx(10.0 - checkpoint.elapsed_s)
+
+
+def test_checkpoints_record_the_blended_eta_of_a_stage_slower_than_its_prior() -> None:
+    """One stage of 100 units, prior 10 s, really 20 s. The prior weighs the share of units
+    left, so at t seconds the estimate is (1 - t/20) x 10 + t/20 x 20 = 10 + t/2."""
+    clock, emitted = FakeClock(), []
+    tracker = make(
+        clock,
+        emitted,
+        stages=(("only", 1.0),),
+        priors={"only": StagePrior(0.0, 0.1)},
+        min_interval_s=0.0,
+    )
+    tracker.start_stage("only", total=100)
+    for tick in range(1, 201):
+        clock.now += 0.1
+        tracker.update("only", tick / 2)
+        t = tick * 0.1
+        assert tracker.snapshot()["overall_eta"] == pytest.approx(10 - t / 2)
+    tracker.complete_stage("only")
+    tracker.finish("completed")
+    accuracy = tracker.accuracy()
+    assert accuracy is not None
+    for checkpoint in accuracy.checkpoints:
+        # the first tick at which t / (10 + t/2) reached the checkpoint
+        tick = next(
+            k for k in range(1, 201) if 100 * (k / 10) / (10 + k / 20) >= checkpoint.checkpoint
+        )
+        t = tick / 10
+        assert checkpoint.elapsed_s == pytest.approx(t)
+        assert checkpoint.predicted_remaining_s == pytest.approx(10 - t / 2)
+        assert checkpoint.actual_remaining_s == pytest.approx(20 - t)
+        assert checkpoint.error_pct == pytest.approx(100 * ((10 - t / 2) - (20 - t)) / (20 - t))
+    assert [c.checkpoint for c in accuracy.checkpoints] == list(CHECKPOINTS)
+    assert accuracy.checkpoints[0].error_pct < -40  # the prior was half the real time
+
+
+def test_a_stall_is_the_longest_time_the_bar_did_not_visibly_move() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("only", 1.0),), min_interval_s=0.0)
+    tracker.start_stage("only", total=100)
+    for _ in range(10):
+        clock.now += 0.1
+        tracker.advance("only", 5)
+    clock.now += 7.0  # a worker hangs: no unit for 7 s
+    tracker.advance("only", 5)
+    for _ in range(9):
+        clock.now += 0.1
+        tracker.advance("only", 5)
+    tracker.complete_stage("only")
+    tracker.finish("completed")
+    accuracy = tracker.accuracy()
+    assert accuracy is not None
+    assert accuracy.overall_stall_s == pytest.approx(7.0)
+    assert accuracy.time_stall_s >= 7.0
+
+
+def test_time_progress_never_goes_back_when_the_eta_grows() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("only", 1.0),), min_interval_s=0.0)
+    tracker.start_stage("only", total=100)
+    clock.now += 1
+    tracker.update("only", 50)  # ETA 1 s: time_progress 50
+    clock.now += 9
+    tracker.update("only", 51)  # now 10 s for 51 units: ETA ~9.6 s, 51 %
+    clock.now += 30
+    tracker.update("only", 52)
+    bars = [snap["time_progress"] for snap in emitted]
+    assert bars == sorted(bars)
+
+
+def test_accuracy_is_only_known_for_a_completed_scan() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("only", 1.0),))
+    tracker.start_stage("only", total=10)
+    clock.now += 1
+    tracker.update("only", 5)
+    assert tracker.accuracy() is None
+    tracker.finish("cancelled")
+    assert tracker.accuracy() is None
+    assert tracker.snapshot()["time_progress"] < 100
+
+
+def test_expected_units_give_a_pending_stage_an_eta_before_its_total_is_known() -> None:
+    clock, emitted = FakeClock(), []
+    priors = {"a": StagePrior(0.0, 0.01), "b": StagePrior(1.0, 0.02)}
+    tracker = make(clock, emitted, stages=(("a", 0.5), ("b", 0.5)), priors=priors)
+    tracker.expect("b", 500)
+    tracker.start_stage("a", total=100)
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(1 + 11)
+    tracker.set_total("b", 1000)  # the real total replaces the expectation
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(1 + 21)
