@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
+from technic.engine.eta import StagePrior, fit_priors
 from technic.engine.polygon.source import PolygonSource
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
 from technic.engine.workers import WorkerPool
 from technic.server.hub import Hub
 from technic.server.persist import Persister
-from technic.storage import Repository, StorageError
+from technic.storage import Repository
 
 if TYPE_CHECKING:
     from technic.server.metrics import Metrics
@@ -307,16 +308,8 @@ class JobManager:
         self._recent_durations_s.append(time.monotonic() - started)
         self._finish(job, result.status, None, result)
 
-    async def _priors(self, config: ScanConfig) -> dict[str, float]:
-        try:
-            return dict(
-                await asyncio.wait_for(
-                    self.repository.eta_priors(config.max_symbols, provider=config.provider),
-                    PRIORS_TIMEOUT_S,
-                )
-            )
-        except (StorageError, TimeoutError):
-            return {}
+    async def _priors(self, config: ScanConfig) -> dict[str, StagePrior]:
+        return fit_priors({}, config.provider)
 
     def _on_snapshot(self, job: Job, snapshot: Snapshot) -> None:
         self.hub.publish(job.scan_id, snapshot)
