@@ -518,6 +518,7 @@ def _job_summary(request: web.Request, job: Job) -> dict[str, Any]:
         "status": job.status,
         "created_at": dt.datetime.fromtimestamp(job.created_at, dt.UTC).isoformat(),
         "overall_progress": latest.get("overall_progress", 0.0),
+        "time_progress": latest.get("time_progress", 0.0),
         "current_stage": latest.get("current_stage"),
         "overall_eta_formatted": latest.get("overall_eta_formatted"),
         "config": job.config.to_dict(),

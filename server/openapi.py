@@ -169,7 +169,24 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "status": {"enum": list(SCAN_STATUSES)},
                 "current_stage": _or_null({"enum": STAGE_NAMES}),
                 "stages": _object({name: _ref("StageProgress") for name in STAGE_NAMES}),
-                "overall_progress": {"type": "number", "minimum": 0, "maximum": 100},
+                "overall_progress": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 100,
+                    "description": "The seed's weighted sum of stage percents "
+                    "(universe 5 %, fetching 20 %, scanning 70 %, finalisation 5 %), exactly; "
+                    "not linear in time when stages run at rates unlike their weights.",
+                },
+                "time_progress": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 100,
+                    "description": "Percent of the expected total time done: elapsed / "
+                    "(elapsed + overall_eta), never going back, 100 only when the scan "
+                    "completed. With priors from past scans of the same kind it grows "
+                    "linearly in time: the bar to show. Rebuilt from storage: 100 for a "
+                    "completed scan, else overall_progress.",
+                },
                 "overall_eta": _or_null(NUMBER),
                 "overall_eta_formatted": _or_null(STRING),
                 "stage_progress": NUMBER,
@@ -253,6 +270,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "status": {"enum": list(SCAN_STATUSES)},
                 "created_at": TIMESTAMP,
                 "overall_progress": NUMBER,
+                "time_progress": NUMBER,
                 "current_stage": _or_null({"enum": STAGE_NAMES}),
                 "overall_eta_formatted": _or_null(STRING),
                 "config": {"type": "object"},

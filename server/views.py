@@ -59,6 +59,9 @@ def progress_from_record(scan: Scan) -> dict[str, Any]:
         "current_stage": current,
         "stages": stages,
         "overall_progress": overall,
+        # the database keeps no ETA trace: a completed scan's time is all done, another's
+        # best measure is how far its stages got
+        "time_progress": 100.0 if scan.status == "completed" else overall,
         "overall_eta": 0.0 if finished else None,
         "overall_eta_formatted": format_eta(0.0) if finished else None,
         "stage_progress": stages[current]["progress"] if current else 0.0,
