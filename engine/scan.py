@@ -177,7 +177,7 @@ def run_scan(
             provider = provider_for(config, max_scan_cells=max_scan_cells, polygon=polygon)
             selection = _load_universe(config, tracker, provider, cancel, max_scan_cells)
             check_cancel()
-            lease, cache_hit = _fetch(selection, tracker, store, persistent, provider, cancel)
+            lease, cache = _fetch(selection, tracker, store, persistent, provider, cancel)
             held.enter_context(lease)
             chunks = _scan_symbols(
                 config, lease.path, tracker, executor, check_cancel, max_chunks_in_flight
@@ -198,7 +198,7 @@ def run_scan(
     except Exception as error:
         tracker.finish("failed", f"Scan failed: {error}", error=str(error))
         raise
-    counts["cache_hit"] = cache_hit
+    counts.update(cache)
     metrics = _metrics(tracker, started, counts["symbols_scanned"], len(failures), counts)
     tracker.finish("completed", f"Scan complete: {len(rows)} candidates")
     metrics["stage_timings"] = tracker.stage_durations()
@@ -224,6 +224,7 @@ def _metrics(
 ) -> dict[str, Any]:
     total_s = time.monotonic() - started
     return {
+        "cache_hit_ratio": None,
         "stage_timings": tracker.stage_durations(),
         "symbols_per_second": scanned / total_s if total_s > 0 else 0.0,
         "symbols_scanned": scanned,
@@ -321,8 +322,11 @@ def _fetch(
     persistent: bool,
     provider: Provider,
     cancel: CancelEvent | None,
-) -> tuple[CacheLease, bool]:
-    """The block of the selection, held in the store until the scan has read it."""
+) -> tuple[CacheLease, dict[str, Any]]:
+    """The block of the selection, held in the store until the scan has read it, and the
+    fetch's cache metrics: ``cache_hit`` (the whole block was cached) and
+    ``cache_hit_ratio``, the share of the data not fetched from the source (1 on a block
+    hit; on a miss what the provider served from a store of its own, 0 for most)."""
     stage = "data_fetching"
     symbols = selection.universe.symbols
     tracker.start_stage(stage, total=len(symbols), message="Fetching price data")
@@ -331,13 +335,13 @@ def _fetch(
     if cached is not None:
         tracker.update(stage, len(symbols), f"Loaded {len(symbols)} symbols from cache")
         tracker.complete_stage(stage)
-        return cached, True
+        return cached, {"cache_hit": True, "cache_hit_ratio": 1.0}
     units = _StageUnits(tracker, stage, "Fetching", "Fetched", len(symbols), cancel)
     fetched = provider.fetch(symbols, units.progress)
     units.progress.check_cancel()
     lease = store.put(key, fetched.block, fetched.failures)
     tracker.complete_stage(stage, f"Fetched {len(symbols)} symbols")
-    return lease, False
+    return lease, {"cache_hit": False, "cache_hit_ratio": fetched.served_from_store}
 
 
 def _window(config: ScanConfig, dates: np.ndarray) -> tuple[int, int]:
