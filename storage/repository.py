@@ -72,6 +72,8 @@ EXPORT_BATCH_ROWS: Final = 2000
 MAX_KIND_LENGTH: Final = 100
 # the accuracy goal: an ETA within this many percent of the time that actually remained
 WITHIN_PCT: Final = 10.0
+# how many of a window's newest scans accuracy_stats lists one by one by default (a chart's)
+ACCURACY_RECENT_SCANS: Final = 50
 INTERRUPTED_ERROR: Final = "interrupted: the process running this scan stopped"
 
 # Sort keys the results endpoint accepts -> (SQL column, SQL type of its values). The column
@@ -108,6 +110,83 @@ _STAGE_COLUMNS: Final = (
     "scan_id, stage, status, started_at, finished_at, duration_s, units_done, units_total,"
     " throughput"
 )
+
+
+# The statements of the history reads, here rather than inside the methods so that
+# tests/bench/bench_accuracy.py can EXPLAIN exactly what the methods run.
+
+# eta_history ($1 kind, $2 last_n): an index range of scans_eta_kind_finished_idx, then each
+# scan's stage rows by primary key.
+ETA_HISTORY_SQL: Final = """
+    WITH recent AS (
+        SELECT id, finished_at FROM scans
+        WHERE status = 'completed' AND eta_kind IS NOT NULL AND eta_kind = $1
+        ORDER BY finished_at DESC, id DESC
+        LIMIT $2
+    )
+    SELECT t.stage, t.units_done, t.duration_s
+    FROM recent r JOIN stage_timings t ON t.scan_id = r.id
+    WHERE t.status = 'completed' AND t.units_done IS NOT NULL
+    ORDER BY r.finished_at DESC, r.id DESC
+"""
+
+# accuracy_stats: $1 since, $2 until, $3 provider, $4 and $5 the size bucket (all optional
+# but the window); the checkpoints read also takes $6 the checkpoints and $7 WITHIN_PCT, the
+# newest-scans read $6 how many. Each is an index-only range scan of the window.
+_ACCURACY_SCAN_FILTERS: Final = """
+    s.eta_kind IS NOT NULL AND s.finished_at >= $1 AND s.finished_at < $2
+    AND ($3::text IS NULL OR split_part(s.eta_kind, '@', 1) = $3::text)
+    AND ($4::integer IS NULL OR s.universe_size BETWEEN $4::integer AND $5::integer)
+"""
+ACCURACY_CHECKPOINTS_SQL: Final = """
+    SELECT c.checkpoint, a.*
+    FROM unnest($6::smallint[]) AS c (checkpoint)
+    CROSS JOIN LATERAL (
+        SELECT e.provider,
+               length(e.universe_size::text) AS digits,
+               count(e.error_pct) AS n,
+               percentile_cont(ARRAY[0.5, 0.9])
+                   WITHIN GROUP (ORDER BY abs(e.error_pct)) AS abs_pcts,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY e.error_pct) AS median,
+               count(*) FILTER (WHERE abs(e.error_pct) <= $7) AS within
+        FROM eta_checkpoints e
+        WHERE e.checkpoint = c.checkpoint
+          AND e.finished_at >= $1 AND e.finished_at < $2
+          AND ($3::text IS NULL OR e.provider = $3::text)
+          AND ($4::integer IS NULL
+               OR e.universe_size BETWEEN $4::integer AND $5::integer)
+        GROUP BY 1, 2
+    ) AS a
+"""
+ACCURACY_SCANS_SQL: Final = f"""
+    SELECT split_part(s.eta_kind, '@', 1) AS provider,
+           length(s.universe_size::text) AS digits,
+           count(*) AS scans,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY s.time_linearity) AS time_r2,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY s.overall_linearity)
+               AS overall_r2,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY s.time_stall_s) AS stall_s
+    FROM scans s
+    WHERE {_ACCURACY_SCAN_FILTERS}
+    GROUP BY 1, 2
+"""
+ACCURACY_RECENT_SQL: Final = f"""
+    WITH newest AS (
+        SELECT s.id, s.finished_at, split_part(s.eta_kind, '@', 1) AS provider,
+               s.universe_size, s.time_linearity, s.overall_linearity
+        FROM scans s
+        WHERE {_ACCURACY_SCAN_FILTERS}
+        ORDER BY s.finished_at DESC, s.id DESC
+        LIMIT $6
+    )
+    SELECT n.*,
+           ARRAY(SELECT e.checkpoint FROM eta_checkpoints e
+                 WHERE e.scan_id = n.id ORDER BY e.checkpoint) AS checkpoints,
+           ARRAY(SELECT e.error_pct FROM eta_checkpoints e
+                 WHERE e.scan_id = n.id ORDER BY e.checkpoint) AS errors
+    FROM newest n
+    ORDER BY n.finished_at DESC, n.id DESC
+"""
 
 
 class ResultExport:
@@ -887,22 +966,7 @@ class Repository:
         kind_text = _text("kind", kind)
         if not (_is_int(last_n) and 1 <= last_n <= MAX_PAGE_SIZE):
             raise InvalidInput("last_n", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        records = await self._pool.fetch(
-            """
-            WITH recent AS (
-                SELECT id, finished_at FROM scans
-                WHERE status = 'completed' AND eta_kind IS NOT NULL AND eta_kind = $1
-                ORDER BY finished_at DESC, id DESC
-                LIMIT $2
-            )
-            SELECT t.stage, t.units_done, t.duration_s
-            FROM recent r JOIN stage_timings t ON t.scan_id = r.id
-            WHERE t.status = 'completed' AND t.units_done IS NOT NULL
-            ORDER BY r.finished_at DESC, r.id DESC
-            """,
-            kind_text,
-            last_n,
-        )
+        records = await self._pool.fetch(ETA_HISTORY_SQL, kind_text, last_n)
         history: dict[str, list[tuple[int, float]]] = {}
         for record in records:
             history.setdefault(record["stage"], []).append(
@@ -918,7 +982,7 @@ class Repository:
         *,
         provider: str | None = None,
         bucket: SizeBucket | None = None,
-        recent: int = 50,
+        recent: int = ACCURACY_RECENT_SCANS,
     ) -> AccuracyStats:
         """ETA error per checkpoint and progress linearity of the scans finished in
         ``[since, until)``, grouped by provider and universe-size decade, and the newest
@@ -940,68 +1004,14 @@ class Repository:
             raise InvalidInput("recent", f"must be a whole number from 0 to {MAX_PAGE_SIZE}")
         low, high = (None, None) if bucket is None else (bucket.low, bucket.high)
         window = (start, end, provider, low, high)
-        scan_filters = """
-            s.eta_kind IS NOT NULL AND s.finished_at >= $1 AND s.finished_at < $2
-            AND ($3::text IS NULL OR split_part(s.eta_kind, '@', 1) = $3::text)
-            AND ($4::integer IS NULL OR s.universe_size BETWEEN $4::integer AND $5::integer)
-        """
-        checkpoints_sql = """
-            SELECT c.checkpoint, a.*
-            FROM unnest($6::smallint[]) AS c (checkpoint)
-            CROSS JOIN LATERAL (
-                SELECT e.provider,
-                       length(e.universe_size::text) AS digits,
-                       count(e.error_pct) AS n,
-                       percentile_cont(ARRAY[0.5, 0.9])
-                           WITHIN GROUP (ORDER BY abs(e.error_pct)) AS abs_pcts,
-                       percentile_cont(0.5) WITHIN GROUP (ORDER BY e.error_pct) AS median,
-                       count(*) FILTER (WHERE abs(e.error_pct) <= $7) AS within
-                FROM eta_checkpoints e
-                WHERE e.checkpoint = c.checkpoint
-                  AND e.finished_at >= $1 AND e.finished_at < $2
-                  AND ($3::text IS NULL OR e.provider = $3::text)
-                  AND ($4::integer IS NULL
-                       OR e.universe_size BETWEEN $4::integer AND $5::integer)
-                GROUP BY 1, 2
-            ) AS a
-        """
-        scans_sql = f"""
-            SELECT split_part(s.eta_kind, '@', 1) AS provider,
-                   length(s.universe_size::text) AS digits,
-                   count(*) AS scans,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY s.time_linearity) AS time_r2,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY s.overall_linearity)
-                       AS overall_r2,
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY s.time_stall_s) AS stall_s
-            FROM scans s
-            WHERE {scan_filters}
-            GROUP BY 1, 2
-        """
-        recent_sql = f"""
-            WITH newest AS (
-                SELECT s.id, s.finished_at, split_part(s.eta_kind, '@', 1) AS provider,
-                       s.universe_size, s.time_linearity, s.overall_linearity
-                FROM scans s
-                WHERE {scan_filters}
-                ORDER BY s.finished_at DESC, s.id DESC
-                LIMIT $6
-            )
-            SELECT n.*,
-                   ARRAY(SELECT e.checkpoint FROM eta_checkpoints e
-                         WHERE e.scan_id = n.id ORDER BY e.checkpoint) AS checkpoints,
-                   ARRAY(SELECT e.error_pct FROM eta_checkpoints e
-                         WHERE e.scan_id = n.id ORDER BY e.checkpoint) AS errors
-            FROM newest n
-            ORDER BY n.finished_at DESC, n.id DESC
-        """
         async with self._pool.acquire() as conn, _snapshot(conn):
             # JIT compiling these small plans costs more (~0.2 s) than it ever saves.
             await conn.execute("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off")
             checkpoint_rows = await conn.fetch(
-                checkpoints_sql, *window, list(CHECKPOINTS), WITHIN_PCT
+                ACCURACY_CHECKPOINTS_SQL, *window, list(CHECKPOINTS), WITHIN_PCT
             )
-            scan_rows = await conn.fetch(scans_sql, *window)
-            recent_rows = await conn.fetch(recent_sql, *window, recent) if recent else []
+            scan_rows = await conn.fetch(ACCURACY_SCANS_SQL, *window)
+            recent_rows = await conn.fetch(ACCURACY_RECENT_SQL, *window, recent) if recent else []
         return AccuracyStats(
             since=start,
             until=end,
