@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Finalisation counts symbols, a quarter of them per step: its cost grows with the scan's
+# size, and a prior in symbols (engine.eta) learns that where one in steps could not.
 FINALIZATION_STEPS = ("merge", "filter", "rank", "rows")
 MAX_AS_OF_BEYOND_DATA_DAYS = 7
 CANCEL_POLL_S = 0.2
@@ -161,9 +163,8 @@ def run_scan(
         min_interval_s=progress_interval_s,
     )
     expected = len(config.symbols) if config.symbols else config.max_symbols
-    for stage in ("data_fetching", "symbol_scanning"):
+    for stage in ("data_fetching", "symbol_scanning", "finalization"):
         tracker.expect(stage, expected)
-    tracker.expect("finalization", len(FINALIZATION_STEPS))
     started = time.monotonic()
     tracker.start()
 
@@ -308,9 +309,8 @@ def _load_universe(
         tracker.update(stage, listed, f"Loaded {listed} symbols")
     if chosen == 0:
         raise InvalidConfig("symbols", "no symbol of the universe matches the filters")
-    for name in ("data_fetching", "symbol_scanning"):
+    for name in ("data_fetching", "symbol_scanning", "finalization"):
         tracker.set_total(name, chosen)
-    tracker.set_total("finalization", len(FINALIZATION_STEPS))
     tracker.complete_stage(stage, f"Selected {chosen} of {listed} symbols")
     return selection
 
@@ -469,7 +469,12 @@ def _finalize(
     tracker: MultiStageProgressTracker,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]], dict[str, Any]]:
     stage = "finalization"
-    tracker.start_stage(stage, total=len(FINALIZATION_STEPS), message="Merging results")
+    symbols_in = len(selection.universe)
+    tracker.start_stage(stage, total=symbols_in, message="Merging results")
+
+    def step_done(step: int, message: str) -> None:
+        tracker.update(stage, symbols_in * step // len(FINALIZATION_STEPS), message)
+
     block, fetch_failures = read_block(block_path)
     chunks = sorted(chunks, key=lambda c: c.column_start)
     columns = np.concatenate([c.columns for c in chunks]) if chunks else np.empty(0, int)
@@ -483,17 +488,17 @@ def _finalize(
     for chunk in chunks:
         for column, reason in chunk.failures.items():
             failures.setdefault(str(block.symbols[column]), reason)
-    tracker.update(stage, 1, "Filtering by rating")
+    step_done(1, "Filtering by rating")
 
     keep = np.flatnonzero(values["tech_rating"] >= config.min_tech_rating)
-    tracker.update(stage, 2, "Ranking")
+    step_done(2, "Ranking")
     symbols = block.symbols[columns]
     order = keep[np.lexsort((symbols[keep].astype(str), -values["tech_rating"][keep]))]
-    tracker.update(stage, 3, "Building rows")
+    step_done(3, "Building rows")
 
     universe = selection.universe
     rows = _rows(universe, block.dates, symbols, last_rows, values, order)
-    tracker.update(stage, 4, f"{len(rows)} candidates")
+    step_done(4, f"{len(rows)} candidates")
     tracker.complete_stage(stage)
     failure_rows = [{"symbol": s, "reason": failures[s]} for s in sorted(failures)]
     counts = {
