@@ -399,6 +399,8 @@ class MultiStageProgressTracker:
                 continue
             elapsed = record.elapsed(now)
             observed = self._observed_seconds(record, pace, now)
+            if name not in self.priors:
+                prior = None  # a pace alone is already in the observed rate
             if observed is None:
                 if prior is not None:
                     estimates[name] = max(prior, elapsed)

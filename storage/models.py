@@ -125,6 +125,10 @@ class Failure:
     reason: str
 
 
+# The largest decade a stored universe size (a 32-bit integer column) fills whole.
+MAX_BUCKET_SIZE = 999_999_999
+
+
 @dataclass(frozen=True, slots=True)
 class SizeBucket:
     """Universe sizes grouped by order of magnitude: 0-9, 10-99, 100-999, ...
@@ -149,8 +153,10 @@ class SizeBucket:
         """Accept a label such as ``1000-9999`` or a size such as ``2500`` (its bucket)."""
         cleaned = text.strip().replace("_", "").replace(",", "")
         low_text, sep, high_text = cleaned.partition("-")
-        if not low_text.isdigit() or (sep and not high_text.isdigit()):
+        if not _is_decimal(low_text) or (sep and not _is_decimal(high_text)):
             raise ValueError(f"expected a universe size or a bucket like 1000-9999, got {text!r}")
+        if max(int(low_text), int(high_text or 0)) > MAX_BUCKET_SIZE:
+            raise ValueError(f"a universe size is at most {MAX_BUCKET_SIZE}, got {text!r}")
         bucket = cls.of(int(low_text))
         if sep and (bucket.low != int(low_text) or bucket.high != int(high_text)):
             raise ValueError(f"{text!r} is not a bucket; buckets are 0-9, 10-99, 100-999, ...")
@@ -159,6 +165,10 @@ class SizeBucket:
     @property
     def label(self) -> str:
         return f"{self.low}-{self.high}"
+
+
+def _is_decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True, slots=True)

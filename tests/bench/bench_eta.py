@@ -16,12 +16,16 @@ first scan is a cold start) and runs ``--runs`` scans in a row:
   API (``tests/polygon_standin.py``, run in this process), paced by ``--polygon-rate``
   requests a minute; the server runs with ``USE_CACHE=false``, so every scan fetches.
 
-Every snapshot of a scan's WebSocket (``/scan/ws/{id}``) is kept with the time this client
-received it, and everything is computed here, on the client's clock, independently of the
-server: the scan runs from the moment ``POST /scan/start`` answered to the arrival of its
-terminal snapshot. ``time_progress`` is read from the snapshot; a server without it gets
-``elapsed / (elapsed + overall_eta)`` (client elapsed, never going back, 100 at the end), so
-the figures of an older server are comparable. Per scan:
+Every snapshot of a scan's WebSocket (``/scan/ws/{id}``) is kept, and the figures are
+computed here, independently of the server's own arithmetic, on the scan's clock: a
+snapshot's ``elapsed_seconds`` (the receive time for a server that does not send it), from
+the start of the scan to its terminal snapshot, so queueing and delivery latency are not
+counted as scan time. ``time_progress`` is read from the snapshot; a server without it gets
+``elapsed / (elapsed + overall_eta)`` (never going back, 100 at the end), so the figures of
+an older server are comparable. The watcher connects after ``POST /scan/start`` answered, so
+it may miss the first snapshots of a scan shorter than that round trip (the bundled sample
+takes tens of milliseconds): the figures the server recorded from every snapshot
+(``GET /stats/accuracy``) are printed beside these for each scan. Per scan:
 
 - at the first snapshot where ``time_progress`` reached 10, 25, 50, 75 and 90 %, the
   ``overall_eta`` it carried against the time that really remained (signed error, %:
@@ -91,6 +95,7 @@ class Sample:
 
 @dataclass
 class ScanFigures:
+    scan_id: str
     seconds: float
     errors: dict[int, float | None]
     time_r2: float | None
@@ -115,7 +120,7 @@ def to_samples(received: Sequence[tuple[float, dict[str, Any]]], started: float)
     samples: list[Sample] = []
     shown = 0.0
     for at, snapshot in received:
-        elapsed = max(at - started, 0.0)
+        elapsed = _scan_clock(at, snapshot, started)
         eta = snapshot.get("overall_eta")
         if snapshot.get("status") == "completed":
             shown = 100.0
@@ -126,6 +131,12 @@ def to_samples(received: Sequence[tuple[float, dict[str, Any]]], started: float)
         overall = float(snapshot.get("overall_progress") or 0.0)
         samples.append(Sample(elapsed, shown, overall, eta))
     return samples
+
+
+def _scan_clock(at: float, snapshot: dict[str, Any], started: float) -> float:
+    """Seconds since the scan started: the tracker's own figure where the snapshot has one."""
+    elapsed = snapshot.get("elapsed_seconds")
+    return float(elapsed) if elapsed is not None else max(at - started, 0.0)
 
 
 def checkpoint_errors(samples: Sequence[Sample], end: float) -> dict[int, float | None]:
@@ -174,10 +185,13 @@ def largest_stall(samples: Sequence[Sample], end: float, field: str) -> float:
     return max(longest, end - moved_at)
 
 
-def figures(received: Sequence[tuple[float, dict[str, Any]]], started: float) -> ScanFigures:
-    end = received[-1][0] - started
+def figures(
+    scan_id: str, received: Sequence[tuple[float, dict[str, Any]]], started: float
+) -> ScanFigures:
+    end = _scan_clock(*received[-1], started)
     samples = to_samples(received, started)
     return ScanFigures(
+        scan_id=scan_id,
         seconds=end,
         errors=checkpoint_errors(samples, end),
         time_r2=r_squared(samples, end, "time_progress"),
@@ -249,10 +263,13 @@ async def watched_scan(
     status = received[-1][1].get("status") if received else None
     if status != "completed":
         raise SystemExit(f"scan {answer['scan_id']} ended {status}")
-    return figures(received, started)
+    return figures(answer["scan_id"], received, started)
 
 
-async def run_kind(url: str, body: dict[str, Any], runs: int) -> list[ScanFigures]:
+async def run_kind(
+    url: str, body: dict[str, Any], runs: int
+) -> tuple[list[ScanFigures], dict[str, dict[str, Any]]]:
+    """The kind's scans as watched here, and what the server recorded of each (by id)."""
     async with aiohttp.ClientSession() as session:
         await wait_ready(session, url)
         results = []
@@ -260,7 +277,25 @@ async def run_kind(url: str, body: dict[str, Any], runs: int) -> list[ScanFigure
             result = await watched_scan(session, url, body)
             print(f"  scan {run + 1}: {result.seconds:.2f} s", flush=True)
             results.append(result)
-        return results
+        return results, await recorded(session, url, {r.scan_id for r in results})
+
+
+async def recorded(
+    session: aiohttp.ClientSession, url: str, scan_ids: set[str]
+) -> dict[str, dict[str, Any]]:
+    """The server's own accuracy records of these scans, once it has stored them all."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    found: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        async with session.get(f"{url}/stats/accuracy", params={"since": "1d"}) as response:
+            if response.status == 404:
+                return {}  # a server older than /stats/accuracy
+            answer = await response.json()
+        found = {r["scan_id"]: r for r in answer["recent"] if r["scan_id"] in scan_ids}
+        if len(found) == len(scan_ids):
+            break
+        await asyncio.sleep(0.2)
+    return found
 
 
 def kind_setup(
@@ -294,7 +329,12 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "  n/a" if value is None else f"{value:.{digits}f}"
 
 
-def report(kind: str, body: dict[str, Any], results: Sequence[ScanFigures]) -> None:
+def report(
+    kind: str,
+    body: dict[str, Any],
+    results: Sequence[ScanFigures],
+    server: dict[str, dict[str, Any]],
+) -> None:
     estimated = any(r.estimated_time_progress for r in results)
     print(f"\n{kind}: {json.dumps(body)}, {len(results)} scans")
     if estimated:
@@ -308,6 +348,13 @@ def report(kind: str, body: dict[str, Any], results: Sequence[ScanFigures]) -> N
             f"  {number:>3}{flag} {r.seconds:8.2f}  {errors}  {_num(r.time_r2):>7}  "
             f"{_num(r.overall_r2):>10}  {r.time_stall_s:9.2f}s  {r.overall_stall_s:12.2f}s"
         )
+        stored = server.get(r.scan_id)
+        if stored is not None:
+            errors = "  ".join(f"{_pct(stored['error_pct'].get(str(c)))}  " for c in CHECKPOINTS)
+            print(
+                f"       server    {errors}  {_num(stored['time_linearity']):>7}  "
+                f"{_num(stored['overall_linearity']):>10}"
+            )
     goal = results[GOAL_FROM_SCAN - 1 :]
     print(f"  * scans {GOAL_FROM_SCAN}..{len(results)}, those the goal is about:")
     for checkpoint in CHECKPOINTS:
@@ -335,6 +382,20 @@ def report(kind: str, body: dict[str, Any], results: Sequence[ScanFigures]) -> N
         f"    goal |error at 10 %| <= {GOAL_ERROR_PCT:.0f} %: {'holds' if eta_goal else 'FAILS'}; "
         f"R2 time_progress >= {GOAL_R_SQUARED}: {'holds' if r2_goal else 'FAILS'}"
     )
+    stored = [server[r.scan_id] for r in goal if r.scan_id in server]
+    if stored:
+        at_ten = [s["error_pct"].get("10") for s in stored]
+        linear = [s["time_linearity"] for s in stored]
+        known = [abs(e) for e in at_ten if e is not None]
+        eta_goal = all(e is not None and abs(e) <= GOAL_ERROR_PCT for e in at_ten)
+        r2_goal = all(r is not None and r >= GOAL_R_SQUARED for r in linear)
+        print(
+            f"    as the server recorded them: |error at 10 %| median "
+            f"{_num(statistics.median(known) if known else None, 1)} %, max "
+            f"{_num(max(known) if known else None, 1)} %: {'holds' if eta_goal else 'FAILS'}; "
+            f"R2 time_progress min {_num(min((r for r in linear if r is not None), default=None))}"
+            f": {'holds' if r2_goal else 'FAILS'}"
+        )
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -349,8 +410,8 @@ def bench(args: argparse.Namespace) -> None:
             body, env = kind_setup(kind, args, standin)
             print(f"\n{kind}: starting a server", flush=True)
             with serve(env) as url:
-                results = asyncio.run(run_kind(url, body, args.runs))
-            report(kind, body, results)
+                results, server = asyncio.run(run_kind(url, body, args.runs))
+            report(kind, body, results, server)
 
 
 # -- --defaults: cold-start priors -----------------------------------------------------------
