@@ -487,7 +487,7 @@ function recentScans() {
         const live = progress[scan.scan_id];
         let duration = fmtDuration(scan.duration_seconds);
         if (!TERMINAL.has(scan.status)) {
-          duration = live ? fmtPercent(live.overall_progress, 0) : "…";
+          duration = live ? fmtPercent(timeShare(live).percent, 0) : "…";
         }
         const results = scan.status === "completed" ? fmtInt(scan.result_count) : "–";
         return h(
@@ -546,6 +546,13 @@ function scanView(scanId) {
   );
   const overallBar = progressBar("Overall progress", { large: true });
   const overallPct = h("span", { class: "overall-pct" }, "0.0%");
+  const overallWhat = h("span", { class: "overall-what" });
+  const weighted = h("span", {
+    class: "weighted",
+    id: "weighted-progress",
+    title: "The stages' own percents weighted 5/20/70/5: not linear in time",
+    hidden: true,
+  });
   const etaText = h("span", { class: "eta" }, "waiting for the first update…");
   const message = h("p", { class: "message" });
   const metric = (label, name) => {
@@ -616,7 +623,7 @@ function scanView(scanId) {
         h(
           "div",
           { class: "overall" },
-          h("div", { class: "overall-top" }, overallPct, etaText),
+          h("div", { class: "overall-top" }, overallPct, overallWhat, etaText, weighted),
           overallBar,
           message,
         ),
@@ -696,7 +703,7 @@ function scanView(scanId) {
     const status = snapshot.status;
     badge.className = `badge status-${status}`;
     setText(badge, STATUS_LABELS[status] || status);
-    const overall = snapshot.overall_progress || 0;
+    const { percent: overall, timed } = timeShare(snapshot);
     let words;
     if (status === "pending") words = "queued: waiting for a free worker…";
     else if (status === "running") words = etaWords(snapshot.overall_eta);
@@ -705,9 +712,13 @@ function scanView(scanId) {
       const ended = (STATUS_LABELS[status] || status).toLowerCase();
       words = `${ended} after ${fmtDuration(snapshot.elapsed_seconds || 0)}`;
     }
-    setProgress(overallBar, overall, `${fmtPercent(overall)}, ${words}`);
+    const what = timed ? " of the expected time" : "";
+    setProgress(overallBar, overall, `${fmtPercent(overall)}${what}, ${words}`);
     overallBar.dataset.status = status;
     setText(overallPct, fmtPercent(overall));
+    setText(overallWhat, what.trim());
+    weighted.hidden = !timed;
+    setText(weighted, timed ? `stages ${fmtPercent(snapshot.overall_progress || 0)} (weighted)` : "");
     setText(etaText, words);
     setText(message, snapshot.error || snapshot.message || "");
     message.classList.toggle("error", Boolean(snapshot.error));
@@ -829,6 +840,16 @@ function scanView(scanId) {
     clearInterval(ticker);
     for (const dispose of disposers) dispose();
   };
+}
+
+/**
+ * What the main bar shows: ``time_progress``, the share of the expected time done, which
+ * moves steadily; the seed's weighted ``overall_progress`` is not linear in time. A server
+ * without ``time_progress`` has only the weighted sum: that is the bar then (``timed`` false).
+ */
+function timeShare(snapshot) {
+  if (Number.isFinite(snapshot.time_progress)) return { percent: snapshot.time_progress, timed: true };
+  return { percent: snapshot.overall_progress || 0, timed: false };
 }
 
 /** Symbols per second: the running stage's rate, or the whole scan's once it has ended. */
