@@ -1,4 +1,4 @@
-"""The storage subcommands of ``technic``: ``migrate`` and ``history``.
+"""The storage subcommands of ``technic``: ``migrate`` and ``history`` (``--accuracy``).
 
 ``server/cli.py`` calls ``add_storage_commands(subparsers)``; each subcommand sets
 ``func(args) -> int`` (0 success, 1 database unavailable or migration failed, 2 bad
@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 from technic.config.settings import Settings, SettingsError
-from technic.server.views import stats_json
+from technic.server.views import accuracy_json, stats_json
 from technic.storage import (
+    AccuracyStats,
     DatabaseUnavailable,
     InvalidInput,
     MigrationError,
@@ -46,9 +47,11 @@ def add_storage_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     history = subparsers.add_parser(
         "history",
-        help="stage-timing statistics of past scans",
+        help="stage-timing statistics of past scans, or how good their ETAs were",
         description="Per stage: count, mean, p50/p90/p99 seconds, symbols/s and share of time, "
-        "over stages completed in the window.",
+        "over stages completed in the window. With --accuracy: per provider and universe size, "
+        "the ETA error at 10, 25, 50, 75 and 90 % of the expected time, the linearity of the "
+        "progress bars and the share of scans whose ETA was within 10 % at 10 %.",
     )
     history.add_argument(
         "--since", default="7d", help="window length: N followed by m, h, d or w (default 7d)"
@@ -60,6 +63,14 @@ def add_storage_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="BUCKET",
         help="'all' to split by universe-size decade, or one bucket: 1000-9999, or a size "
         "such as 2500 for its bucket",
+    )
+    history.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="ETA accuracy and progress linearity of completed scans (GET /stats/accuracy)",
+    )
+    history.add_argument(
+        "--provider", default=None, help="with --accuracy: only this provider's scans"
     )
     history.set_defaults(func=run_history)
 
@@ -101,13 +112,43 @@ def run_history(args: argparse.Namespace) -> int:
     try:
         window = parse_window(args.since, field="--since")
         by_bucket, bucket = _bucket_option(args.universe_size_bucket)
+        if args.provider is not None and not args.accuracy:
+            raise ValueError("--provider: only with --accuracy")
     except ValueError as e:
         print(f"technic history: {e}", file=sys.stderr)
         return 2
     settings = _settings("history")
     if settings is None:
         return 2
+    if args.accuracy:  # grouped by size bucket always: "all" and no bucket mean the same
+        return asyncio.run(_accuracy(settings, window, args.provider, bucket, args.format))
     return asyncio.run(_history(settings, window, by_bucket, bucket, args.format))
+
+
+async def _accuracy(
+    settings: Settings,
+    window: timedelta,
+    provider: str | None,
+    bucket: SizeBucket | None,
+    output: str,
+) -> int:
+    until = datetime.now(UTC)
+    try:
+        database = await connect(settings, max_size=1)
+        try:
+            stats = await database.repository.accuracy_stats(
+                until - window, until, provider=provider, bucket=bucket
+            )
+        finally:
+            await database.close()
+    except StorageError as e:
+        return _fail("history", e)
+    if output == "json":
+        sys.stdout.write(orjson.dumps(accuracy_json(stats), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        print(format_accuracy(stats))
+    return 0
 
 
 async def _history(
@@ -193,6 +234,52 @@ def format_table(stats: StageStats, bucket: SizeBucket | None = None) -> str:
     out += [render(cells) for cells in lines]
     out.append(f"* dominant stage (largest share of time); overall: {stats.dominant_stage}")
     return "\n".join(out)
+
+
+def format_accuracy(stats: AccuracyStats) -> str:
+    """One block per provider and universe size: a line per checkpoint, then linearity."""
+    title = f"ETA accuracy, {stats.since:%Y-%m-%d %H:%M} to {stats.until:%Y-%m-%d %H:%M} UTC"
+    if not stats.groups:
+        return f"{title}\nno completed scans with an accuracy record in this window"
+    headers = ["checkpoint", "count", "median |err|", "p90 |err|", "median err"]
+    out = [title]
+    for group in stats.groups:
+        size = "unknown" if group.bucket is None else group.bucket.label
+        out += ["", f"{group.provider}, universe size {size}: {_plural(group.scans, 'scan')}"]
+        rows = [
+            [
+                f"{point.checkpoint}%",
+                str(point.count),
+                _percent(point.median_abs_error_pct),
+                _percent(point.p90_abs_error_pct),
+                _percent(point.median_error_pct, signed=True),
+            ]
+            for point in group.checkpoints
+        ]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        out += ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+                for cells in (headers, ["-" * w for w in widths], *rows)]  # fmt: skip
+        out.append(
+            f"linearity (median R-squared): time {_number(group.median_time_linearity)},"
+            f" overall {_number(group.median_overall_linearity)};"
+            f" longest stall (median) {_number(group.median_time_stall_s)} s"
+        )
+        share = group.within_10pct_at_10
+        out.append(
+            "ETA within 10% at the 10% checkpoint: "
+            + ("-" if share is None else f"{share:.0%} of scans")
+        )
+    return "\n".join(out)
+
+
+def _percent(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1f}%" if signed else f"{value:.1f}%"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _seconds(value: float) -> str:

@@ -64,6 +64,7 @@ from technic.server.requests import (
 )
 from technic.server.streams import StreamStats
 from technic.server.views import (
+    accuracy_json,
     performance_metrics,
     progress_from_record,
     results_csv,
@@ -76,6 +77,7 @@ from technic.storage import (
     DatabaseUnavailable,
     InvalidInput,
     Scan,
+    SizeBucket,
     StorageError,
     connect,
 )
@@ -558,6 +560,23 @@ async def stage_stats(request: web.Request) -> web.Response:
     return json_response(stats_json(stats))
 
 
+async def accuracy_stats(request: web.Request) -> web.Response:
+    query = request.query
+    now = dt.datetime.now(dt.UTC)
+    since = now - parse_window(query.get("since") or "7d")
+    until = now - parse_window(query["until"], field="until") if query.get("until") else now
+    bucket = None
+    if query.get("bucket"):
+        try:
+            bucket = SizeBucket.parse(query["bucket"])
+        except ValueError as error:
+            raise RequestError(str(error), field="bucket") from error
+    stats = await request.app[DATABASE].repository.accuracy_stats(
+        since, until, provider=query.get("provider") or None, bucket=bucket
+    )
+    return json_response(accuracy_json(stats))
+
+
 async def health(request: web.Request) -> web.Response:
     app = request.app
     database_ok = app[PERSISTER].healthy
@@ -692,6 +711,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/scan/active", active_scans)
     app.router.add_get("/scans", list_scans)
     app.router.add_get("/stats/stages", stage_stats)
+    app.router.add_get("/stats/accuracy", accuracy_stats)
     app.router.add_get("/universe", universe_routes.universe_sectors)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -19,13 +19,14 @@ from typing import Any
 
 import orjson
 from technic.config import Settings
+from technic.engine.eta import CHECKPOINTS
 from technic.engine.fields import NUMERIC_FIELDS, SIGNALS
 from technic.engine.progress import SCAN_STAGES, STAGE_END_STATUSES, TERMINAL_STATUSES
 from technic.engine.scan_config import MAX_BARS, MIN_BARS, TRADE_STYLES, UNIVERSES
 from technic.server.requests import API_PROVIDERS, DEFAULT_API_MAX_SYMBOLS
 from technic.server.views import PERFORMANCE_KEYS
 from technic.storage import RESULT_SORTS, SCAN_STATUSES
-from technic.storage.repository import MAX_OFFSET, MAX_PAGE_SIZE
+from technic.storage.repository import ACCURACY_RECENT_SCANS, MAX_OFFSET, MAX_PAGE_SIZE
 
 Schema = dict[str, Any]
 
@@ -72,6 +73,12 @@ STRING: Schema = {"type": "string"}
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 EPOCH_S: Schema = {"type": "number", "description": "Seconds since the Unix epoch."}
 NAMES: Schema = {"type": "array", "items": {"type": "string", "minLength": 1}}
+R_SQUARED: Schema = {
+    "type": "number",
+    "maximum": 1,
+    "description": "R-squared of the bar against a straight line over time: 1 is perfectly "
+    "steady; negative for a bar worse than a flat line.",
+}
 
 
 def _schemas(settings: Settings) -> dict[str, Schema]:
@@ -331,6 +338,77 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "bucket": _or_null(STRING),
                 "dominant_stage": _or_null({"enum": STAGE_NAMES}),
                 "stages": {"type": "array", "items": _ref("StageStatsRow")},
+            }
+        ),
+        "AccuracyCheckpoint": _object(
+            {
+                "checkpoint": {"enum": list(CHECKPOINTS)},
+                "count": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Scans whose ETA at this checkpoint could be scored "
+                    "(some time still remained).",
+                },
+                "median_abs_error_pct": _or_null({"type": "number", "minimum": 0}),
+                "p90_abs_error_pct": _or_null({"type": "number", "minimum": 0}),
+                "median_error_pct": _or_null(
+                    {
+                        "type": "number",
+                        "description": "Signed: positive when the ETA said more time than it took.",
+                    }
+                ),
+            }
+        ),
+        "AccuracyGroup": _object(
+            {
+                "provider": STRING,
+                "bucket": _or_null({"type": "string", "pattern": "^[0-9]+-[0-9]+$"}),
+                "scans": {"type": "integer", "minimum": 1},
+                "checkpoints": {
+                    "type": "array",
+                    "items": _ref("AccuracyCheckpoint"),
+                    "description": "Every checkpoint, in order.",
+                },
+                "median_time_linearity": _or_null(R_SQUARED),
+                "median_overall_linearity": _or_null(R_SQUARED),
+                "median_time_stall_s": _or_null({"type": "number", "minimum": 0}),
+                "within_10pct_at_10": _or_null(
+                    {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": 1,
+                        "description": "Share of the scans scored at the 10 % checkpoint "
+                        "whose ETA there was within 10 % of the time that remained.",
+                    }
+                ),
+            }
+        ),
+        "ScanAccuracy": _object(
+            {
+                "scan_id": {"type": "string", "format": "uuid"},
+                "finished_at": TIMESTAMP,
+                "provider": STRING,
+                "universe_size": _or_null({"type": "integer", "minimum": 0}),
+                "error_pct": _object(
+                    {str(c): _or_null(NUMBER) for c in CHECKPOINTS},
+                    description="Signed ETA error at each checkpoint; null where none was "
+                    "recorded or no time remained.",
+                ),
+                "time_linearity": _or_null(R_SQUARED),
+                "overall_linearity": _or_null(R_SQUARED),
+            }
+        ),
+        "AccuracyStats": _object(
+            {
+                "since": TIMESTAMP,
+                "until": TIMESTAMP,
+                "groups": {"type": "array", "items": _ref("AccuracyGroup")},
+                "recent": {
+                    "type": "array",
+                    "items": _ref("ScanAccuracy"),
+                    "maxItems": ACCURACY_RECENT_SCANS,
+                    "description": "The newest scans of the window, newest first.",
+                },
             }
         ),
         "Universe": _object(
@@ -695,6 +773,41 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "by_bucket",
                         {"enum": ["true", "false", "1", "0"], "default": "false"},
                         "Also split by universe size (0-9, 10-99, ...).",
+                    ),
+                ],
+                settings=settings,
+            )
+        },
+        "/stats/accuracy": {
+            "get": _operation(
+                "accuracyStats",
+                "How good the ETAs and progress bars of completed scans were",
+                {
+                    "200": _json_ok(
+                        "AccuracyStats",
+                        "By provider and universe size: the ETA error at each checkpoint "
+                        "(10, 25, 50, 75, 90 % of the expected time) and the linearity of the "
+                        "bars; and the newest scans one by one.",
+                    )
+                },
+                errors=("ServiceUnavailable",),
+                protected=True,
+                parameters=[
+                    _query(
+                        "since",
+                        {"type": "string", "pattern": DURATION_PATTERN, "default": "7d"},
+                        "Scans finished within this window (30m, 12h, 7d, 2w; at most 3660d).",
+                    ),
+                    _query(
+                        "until",
+                        {"type": "string", "pattern": DURATION_PATTERN},
+                        "Only scans finished at least this long ago (default: now).",
+                    ),
+                    _query("provider", STRING, "Only this provider's scans."),
+                    _query(
+                        "bucket",
+                        {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
+                        "Only this universe-size bucket (1000-9999), or a size's (2500).",
                     ),
                 ],
                 settings=settings,

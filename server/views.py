@@ -13,7 +13,7 @@ from typing import Any
 
 from technic.engine.fields import ROW_FIELDS
 from technic.engine.progress import SCAN_STAGES, format_eta
-from technic.storage import Scan, SizeBucket, StageStats
+from technic.storage import AccuracyStats, Scan, SizeBucket, StageStats
 
 PERFORMANCE_KEYS = (
     "total_seconds",
@@ -102,6 +102,49 @@ def scan_summary(scan: Scan) -> dict[str, Any]:
 def performance_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     metrics = metrics or {}
     return {key: metrics.get(key) for key in PERFORMANCE_KEYS}
+
+
+def accuracy_json(stats: AccuracyStats) -> dict[str, Any]:
+    """The JSON shape of ``GET /stats/accuracy`` and ``technic history --accuracy --format
+    json``. A recent scan's errors are keyed by checkpoint as text (JSON object keys)."""
+    return {
+        "since": stats.since.isoformat(),
+        "until": stats.until.isoformat(),
+        "groups": [
+            {
+                "provider": group.provider,
+                "bucket": None if group.bucket is None else group.bucket.label,
+                "scans": group.scans,
+                "checkpoints": [
+                    {
+                        "checkpoint": point.checkpoint,
+                        "count": point.count,
+                        "median_abs_error_pct": point.median_abs_error_pct,
+                        "p90_abs_error_pct": point.p90_abs_error_pct,
+                        "median_error_pct": point.median_error_pct,
+                    }
+                    for point in group.checkpoints
+                ],
+                "median_time_linearity": group.median_time_linearity,
+                "median_overall_linearity": group.median_overall_linearity,
+                "median_time_stall_s": group.median_time_stall_s,
+                "within_10pct_at_10": group.within_10pct_at_10,
+            }
+            for group in stats.groups
+        ],
+        "recent": [
+            {
+                "scan_id": str(scan.scan_id),
+                "finished_at": scan.finished_at.isoformat(),
+                "provider": scan.provider,
+                "universe_size": scan.universe_size,
+                "error_pct": {str(c): error for c, error in scan.error_pct.items()},
+                "time_linearity": scan.time_linearity,
+                "overall_linearity": scan.overall_linearity,
+            }
+            for scan in stats.recent
+        ],
+    }
 
 
 CSV_FIELDS = ("rank", *ROW_FIELDS)

@@ -201,6 +201,63 @@ class StageStats:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointAccuracy:
+    """The ETA error at one checkpoint over a group's scans, in percent of the actual
+    remaining time. ``count`` is the scans whose ETA there could be scored (some time still
+    remained); the figures are ``None`` when it is 0."""
+
+    checkpoint: int
+    count: int
+    median_abs_error_pct: float | None
+    p90_abs_error_pct: float | None
+    median_error_pct: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccuracyGroup:
+    """How good the ETAs and the progress bars were for one provider and size bucket.
+
+    ``checkpoints`` has every checkpoint in order, scored or not, so groups line up.
+    ``within_10pct_at_10`` is the share (0..1) of the scans scored at the 10 % checkpoint
+    whose ETA there was within 10 % of the truth: the issue's goal, as one figure.
+    """
+
+    provider: str
+    bucket: SizeBucket | None
+    scans: int
+    checkpoints: tuple[CheckpointAccuracy, ...]
+    median_time_linearity: float | None
+    median_overall_linearity: float | None
+    median_time_stall_s: float | None
+    within_10pct_at_10: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanAccuracyRecord:
+    """One scan's stored accuracy, as charted: the signed ETA error per checkpoint (``None``
+    where it was not recorded or could not be scored)."""
+
+    scan_id: UUID
+    finished_at: datetime
+    provider: str
+    universe_size: int | None
+    error_pct: dict[int, float | None]
+    time_linearity: float | None
+    overall_linearity: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccuracyStats:
+    """The answer of ``accuracy_stats``: groups by provider then bucket, and the newest
+    scans of the window, newest first."""
+
+    since: datetime
+    until: datetime
+    groups: list[AccuracyGroup] = field(default_factory=list)
+    recent: list[ScanAccuracyRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationReport:
     """What ``migrate`` did: files applied now, and files found already applied."""
 

@@ -30,6 +30,7 @@ from uuid import UUID
 import asyncpg
 import numpy as np
 import orjson
+from technic.engine.eta import CHECKPOINTS, HISTORY_SCANS, EtaCheckpoint, ScanAccuracy
 from technic.engine.fields import SIGNALS
 from technic.engine.progress import TERMINAL_STATUSES
 from technic.storage._pg import db_call
@@ -45,9 +46,13 @@ from technic.storage.models import (
     SCAN_TRANSITIONS,
     STAGE_TRANSITIONS,
     STAGES,
+    AccuracyGroup,
+    AccuracyStats,
+    CheckpointAccuracy,
     Failure,
     ResultPage,
     Scan,
+    ScanAccuracyRecord,
     ScanPage,
     ScanStatus,
     SizeBucket,
@@ -63,6 +68,12 @@ MAX_OFFSET: Final = 10_000_000
 MAX_RANK: Final = 2**31 - 1  # ranks are PostgreSQL integers
 # rows an export reads per query: ~7 MB of row dicts in memory at a time, 50 queries per 100k
 EXPORT_BATCH_ROWS: Final = 2000
+# a scan kind is a provider name, optionally with "@" and its rate limit (eta.scan_kind)
+MAX_KIND_LENGTH: Final = 100
+# the accuracy goal: an ETA within this many percent of the time that actually remained
+WITHIN_PCT: Final = 10.0
+# how many of a window's newest scans accuracy_stats lists one by one by default (a chart's)
+ACCURACY_RECENT_SCANS: Final = 50
 INTERRUPTED_ERROR: Final = "interrupted: the process running this scan stopped"
 
 # Sort keys the results endpoint accepts -> (SQL column, SQL type of its values). The column
@@ -99,6 +110,83 @@ _STAGE_COLUMNS: Final = (
     "scan_id, stage, status, started_at, finished_at, duration_s, units_done, units_total,"
     " throughput"
 )
+
+
+# The statements of the history reads, here rather than inside the methods so that
+# tests/bench/bench_accuracy.py can EXPLAIN exactly what the methods run.
+
+# eta_history ($1 kind, $2 last_n): an index range of scans_eta_kind_finished_idx, then each
+# scan's stage rows by primary key.
+ETA_HISTORY_SQL: Final = """
+    WITH recent AS (
+        SELECT id, finished_at FROM scans
+        WHERE status = 'completed' AND eta_kind IS NOT NULL AND eta_kind = $1
+        ORDER BY finished_at DESC, id DESC
+        LIMIT $2
+    )
+    SELECT t.stage, t.units_done, t.duration_s
+    FROM recent r JOIN stage_timings t ON t.scan_id = r.id
+    WHERE t.status = 'completed' AND t.units_done IS NOT NULL
+    ORDER BY r.finished_at DESC, r.id DESC
+"""
+
+# accuracy_stats: $1 since, $2 until, $3 provider, $4 and $5 the size bucket (all optional
+# but the window); the checkpoints read also takes $6 the checkpoints and $7 WITHIN_PCT, the
+# newest-scans read $6 how many. Each is an index-only range scan of the window.
+_ACCURACY_SCAN_FILTERS: Final = """
+    s.eta_kind IS NOT NULL AND s.finished_at >= $1 AND s.finished_at < $2
+    AND ($3::text IS NULL OR split_part(s.eta_kind, '@', 1) = $3::text)
+    AND ($4::integer IS NULL OR s.universe_size BETWEEN $4::integer AND $5::integer)
+"""
+ACCURACY_CHECKPOINTS_SQL: Final = """
+    SELECT c.checkpoint, a.*
+    FROM unnest($6::smallint[]) AS c (checkpoint)
+    CROSS JOIN LATERAL (
+        SELECT e.provider,
+               length(e.universe_size::text) AS digits,
+               count(e.error_pct) AS n,
+               percentile_cont(ARRAY[0.5, 0.9])
+                   WITHIN GROUP (ORDER BY abs(e.error_pct)) AS abs_pcts,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY e.error_pct) AS median,
+               count(*) FILTER (WHERE abs(e.error_pct) <= $7) AS within
+        FROM eta_checkpoints e
+        WHERE e.checkpoint = c.checkpoint
+          AND e.finished_at >= $1 AND e.finished_at < $2
+          AND ($3::text IS NULL OR e.provider = $3::text)
+          AND ($4::integer IS NULL
+               OR e.universe_size BETWEEN $4::integer AND $5::integer)
+        GROUP BY 1, 2
+    ) AS a
+"""
+ACCURACY_SCANS_SQL: Final = f"""
+    SELECT split_part(s.eta_kind, '@', 1) AS provider,
+           length(s.universe_size::text) AS digits,
+           count(*) AS scans,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY s.time_linearity) AS time_r2,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY s.overall_linearity)
+               AS overall_r2,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY s.time_stall_s) AS stall_s
+    FROM scans s
+    WHERE {_ACCURACY_SCAN_FILTERS}
+    GROUP BY 1, 2
+"""
+ACCURACY_RECENT_SQL: Final = f"""
+    WITH newest AS (
+        SELECT s.id, s.finished_at, split_part(s.eta_kind, '@', 1) AS provider,
+               s.universe_size, s.time_linearity, s.overall_linearity
+        FROM scans s
+        WHERE {_ACCURACY_SCAN_FILTERS}
+        ORDER BY s.finished_at DESC, s.id DESC
+        LIMIT $6
+    )
+    SELECT n.*,
+           ARRAY(SELECT e.checkpoint FROM eta_checkpoints e
+                 WHERE e.scan_id = n.id ORDER BY e.checkpoint) AS checkpoints,
+           ARRAY(SELECT e.error_pct FROM eta_checkpoints e
+                 WHERE e.scan_id = n.id ORDER BY e.checkpoint) AS errors
+    FROM newest n
+    ORDER BY n.finished_at DESC, n.id DESC
+"""
 
 
 class ResultExport:
@@ -765,53 +853,171 @@ class Repository:
             records = await conn.fetch(sql, *query.args)
         return StageStats(start, end, by_bucket, _stage_stat_rows(records, by_bucket, bucket))
 
-    @db_call("ETA priors")
-    async def eta_priors(
-        self,
-        universe_size: int,
-        last_n: int = 10,
-        *,
-        size_ratio: float = 2.0,
-        provider: str | None = None,
-    ) -> dict[StageName, float]:
-        """Seconds per unit of work per stage, from the last ``last_n`` similar completed scans.
+    # --------------------------------------------------------------- accuracy
 
-        "Similar" is a universe within a factor ``size_ratio`` of ``universe_size`` and, when
-        ``provider`` is given, the same provider: a network provider fetches at its rate
-        limit (seconds a request), the bundled sample in milliseconds. Stages without data
-        are absent, so the tracker falls back to measuring. Summing seconds and units over
-        the scans (rather than averaging per-scan rates) weights big scans more, which is
-        what a time estimate needs.
+    @db_call("record accuracy")
+    async def record_accuracy(
+        self,
+        scan_id: UUID | str,
+        accuracy: ScanAccuracy,
+        *,
+        kind: str,
+        cache_hit_ratio: float | None,
+    ) -> None:
+        """Store how good a completed scan's ETAs and progress bars were, and its ``kind``
+        (``eta.scan_kind``), which makes it part of that kind's ``eta_history``.
+
+        One transaction, under the scan's row lock; recording again replaces the record (a
+        checkpoint absent from the new one is removed). Only a completed scan has an accuracy
+        worth learning from: any other raises ``InvalidInput`` and nothing is written. The
+        kind must be the scan's provider, optionally followed by ``@`` (its rate limit), so
+        the statistics can read the provider from it.
         """
-        size = _count("universe_size", universe_size)
-        if size is None:
-            raise InvalidInput("universe_size", "must be given")
+        uuid = _write_id(scan_id)
+        if not isinstance(accuracy, ScanAccuracy):
+            raise InvalidInput("accuracy", "must be a ScanAccuracy")
+        kind_text = _text("kind", kind)
+        if not 1 <= len(kind_text) <= MAX_KIND_LENGTH:
+            raise InvalidInput("kind", f"must be 1 to {MAX_KIND_LENGTH} characters")
+        ratio = _share("cache_hit_ratio", cache_hit_ratio)
+        checkpoints = _checkpoint_records(accuracy.checkpoints)
+        # one array per column for unnest: checkpoint, elapsed, predicted, actual, error
+        columns = [[row[i] for row in checkpoints] for i in range(5)]
+        time_linearity = _r_squared("time_linearity", accuracy.time_linearity)
+        overall_linearity = _r_squared("overall_linearity", accuracy.overall_linearity)
+        time_stall_s = _seconds("time_stall_s", accuracy.time_stall_s)
+        overall_stall_s = _seconds("overall_stall_s", accuracy.overall_stall_s)
+        async with self._pool.acquire() as conn, conn.transaction():
+            scan = await conn.fetchrow(
+                "SELECT status, config->>'provider' AS provider FROM scans"
+                " WHERE id = $1 FOR UPDATE",
+                uuid,
+            )
+            if scan is None:
+                raise ScanNotFound(uuid)
+            if scan["status"] != "completed":
+                raise InvalidInput(
+                    "scan_id", f"scan {uuid} is {scan['status']}; only a completed scan has one"
+                )
+            provider = scan["provider"]
+            if provider is None:
+                raise InvalidInput("scan_id", f"scan {uuid} names no provider in its config")
+            if kind_text.partition("@")[0] != provider:
+                raise InvalidInput(
+                    "kind", f"must be the scan's provider {provider!r}, optionally with @..."
+                )
+            await conn.execute(
+                """
+                UPDATE scans SET
+                    eta_kind = $2, cache_hit_ratio = $3, time_linearity = $4,
+                    overall_linearity = $5, time_stall_s = $6, overall_stall_s = $7,
+                    updated_at = now()
+                WHERE id = $1
+                """,
+                uuid,
+                kind_text,
+                ratio,
+                time_linearity,
+                overall_linearity,
+                time_stall_s,
+                overall_stall_s,
+            )
+            await conn.execute(
+                """
+                DELETE FROM eta_checkpoints
+                WHERE scan_id = $1 AND checkpoint <> ALL($2::smallint[])
+                """,
+                uuid,
+                columns[0],
+            )
+            await conn.execute(
+                """
+                INSERT INTO eta_checkpoints (
+                    scan_id, checkpoint, elapsed_s, predicted_remaining_s, actual_remaining_s,
+                    error_pct, finished_at, provider, universe_size)
+                SELECT s.id, c.checkpoint, c.elapsed_s, c.predicted_s, c.actual_s, c.error_pct,
+                       s.finished_at, s.config->>'provider', s.universe_size
+                FROM scans s,
+                     unnest($2::smallint[], $3::float8[], $4::float8[], $5::float8[],
+                            $6::float8[])
+                         AS c (checkpoint, elapsed_s, predicted_s, actual_s, error_pct)
+                WHERE s.id = $1
+                ON CONFLICT (scan_id, checkpoint) DO UPDATE SET
+                    elapsed_s = excluded.elapsed_s,
+                    predicted_remaining_s = excluded.predicted_remaining_s,
+                    actual_remaining_s = excluded.actual_remaining_s,
+                    error_pct = excluded.error_pct,
+                    finished_at = excluded.finished_at,
+                    provider = excluded.provider,
+                    universe_size = excluded.universe_size
+                """,
+                uuid,
+                *columns,
+            )
+
+    @db_call("ETA history")
+    async def eta_history(
+        self, kind: str, last_n: int = HISTORY_SCANS
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Per stage, ``(units_done, duration_s)`` of the completed runs of the last
+        ``last_n`` completed scans of ``kind`` (newest finished first): what
+        ``eta.fit_priors`` learns from. A stage with no completed run in them is absent.
+        """
+        kind_text = _text("kind", kind)
         if not (_is_int(last_n) and 1 <= last_n <= MAX_PAGE_SIZE):
             raise InvalidInput("last_n", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
-        if not (_is_number(size_ratio) and size_ratio >= 1):
-            raise InvalidInput("size_ratio", "must be a number >= 1")
-        low, high = math.floor(size / size_ratio), math.ceil(size * size_ratio)
-        records = await self._pool.fetch(
-            """
-            WITH recent AS (
-                SELECT id FROM scans
-                WHERE status = 'completed' AND universe_size BETWEEN $1 AND $2
-                    AND ($4::text IS NULL OR config->>'provider' = $4::text)
-                ORDER BY finished_at DESC
-                LIMIT $3
+        records = await self._pool.fetch(ETA_HISTORY_SQL, kind_text, last_n)
+        history: dict[str, list[tuple[int, float]]] = {}
+        for record in records:
+            history.setdefault(record["stage"], []).append(
+                (record["units_done"], record["duration_s"])
             )
-            SELECT t.stage, sum(t.duration_s) / sum(t.units_done) AS seconds_per_unit
-            FROM stage_timings t JOIN recent r ON r.id = t.scan_id
-            WHERE t.status = 'completed' AND t.units_done > 0
-            GROUP BY t.stage
-            """,
-            low,
-            min(high, 2**31 - 1),
-            last_n,
-            provider,
+        return {stage: history[stage] for stage in STAGES if stage in history}
+
+    @db_call("accuracy statistics")
+    async def accuracy_stats(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        provider: str | None = None,
+        bucket: SizeBucket | None = None,
+        recent: int = ACCURACY_RECENT_SCANS,
+    ) -> AccuracyStats:
+        """ETA error per checkpoint and progress linearity of the scans finished in
+        ``[since, until)``, grouped by provider and universe-size decade, and the newest
+        ``recent`` of those scans one by one (for a chart).
+
+        Percentiles interpolate linearly (``percentile_cont``, numpy's default). Three reads
+        in one snapshot, each an index range scan of the window: the checkpoints (one scan
+        per checkpoint), the scans' own figures, and the newest scans with their checkpoints.
+        """
+        start = _aware("since", since)
+        end = datetime.now(UTC) if until is None else _aware("until", until)
+        if end <= start:
+            raise InvalidInput("until", "must be later than since")
+        if provider is not None:
+            _text("provider", provider)
+        if bucket is not None and not isinstance(bucket, SizeBucket):
+            raise InvalidInput("bucket", "must be a SizeBucket")
+        if not (_is_int(recent) and 0 <= recent <= MAX_PAGE_SIZE):
+            raise InvalidInput("recent", f"must be a whole number from 0 to {MAX_PAGE_SIZE}")
+        low, high = (None, None) if bucket is None else (bucket.low, bucket.high)
+        window = (start, end, provider, low, high)
+        async with self._pool.acquire() as conn, _snapshot(conn):
+            # JIT compiling these small plans costs more (~0.2 s) than it ever saves.
+            await conn.execute("SET LOCAL work_mem = '64MB'; SET LOCAL jit = off")
+            checkpoint_rows = await conn.fetch(
+                ACCURACY_CHECKPOINTS_SQL, *window, list(CHECKPOINTS), WITHIN_PCT
+            )
+            scan_rows = await conn.fetch(ACCURACY_SCANS_SQL, *window)
+            recent_rows = await conn.fetch(ACCURACY_RECENT_SQL, *window, recent) if recent else []
+        return AccuracyStats(
+            since=start,
+            until=end,
+            groups=_accuracy_groups(scan_rows, checkpoint_rows),
+            recent=[_recent_accuracy(r) for r in recent_rows],
         )
-        found = {r["stage"]: r["seconds_per_unit"] for r in records}
-        return {stage: found[stage] for stage in STAGES if stage in found}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1243,10 +1449,7 @@ def _stage_stat_rows(
     rows: list[StageStat] = []
     for digits in sorted(groups, key=lambda d: (d is None, d or 0)):
         group = sorted(groups[digits], key=lambda r: STAGES.index(r["stage"]))
-        if by_bucket:
-            bucket = None if digits is None else SizeBucket.of(10 ** (digits - 1))
-        else:
-            bucket = only
+        bucket = _bucket_of(digits) if by_bucket else only
         group_total = sum(r["total_s"] for r in group)
         top = max(group, key=lambda r: r["total_s"])
         for r in group:
@@ -1267,3 +1470,105 @@ def _stage_stat_rows(
                 )
             )
     return rows
+
+
+def _share(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if not (_is_number(value) and 0 <= value <= 1):  # type: ignore[operator]
+        raise InvalidInput(name, f"must be a number from 0 to 1, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _r_squared(name: str, value: object) -> float | None:
+    # R-squared is at most 1 and may be far below 0 for a bar worse than a flat line
+    if value is None:
+        return None
+    if not (_is_number(value) and value <= 1):  # type: ignore[operator]
+        raise InvalidInput(name, f"must be a finite number <= 1, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _checkpoint_records(
+    checkpoints: object,
+) -> list[tuple[int, float, float, float, float | None]]:
+    if not isinstance(checkpoints, Sequence):
+        raise InvalidInput("accuracy.checkpoints", "must be a sequence of EtaCheckpoint")
+    records = []
+    seen: set[int] = set()
+    for index, item in enumerate(checkpoints):
+        name = f"accuracy.checkpoints[{index}]"
+        if not isinstance(item, EtaCheckpoint):
+            raise InvalidInput(name, "must be an EtaCheckpoint")
+        if item.checkpoint not in CHECKPOINTS or not _is_int(item.checkpoint):
+            raise InvalidInput(
+                f"{name}.checkpoint", f"must be one of {', '.join(map(str, CHECKPOINTS))}"
+            )
+        if item.checkpoint in seen:
+            raise InvalidInput(f"{name}.checkpoint", f"{item.checkpoint} appears more than once")
+        seen.add(item.checkpoint)
+        elapsed = _seconds(f"{name}.elapsed_s", item.elapsed_s)
+        predicted = _seconds(f"{name}.predicted_remaining_s", item.predicted_remaining_s)
+        actual = _seconds(f"{name}.actual_remaining_s", item.actual_remaining_s)
+        error = item.error_pct
+        if error is not None and not math.isfinite(error):
+            raise InvalidInput(f"{name}.error_pct", f"must be finite, got {error!r}")
+        records.append((item.checkpoint, elapsed, predicted, actual, error))
+    return records
+
+
+def _bucket_of(digits: int | None) -> SizeBucket | None:
+    # the queries group by the number of digits of the universe size: its decade
+    return None if digits is None else SizeBucket.of(10 ** (digits - 1))
+
+
+def _accuracy_groups(
+    scan_rows: Sequence[asyncpg.Record], checkpoint_rows: Sequence[asyncpg.Record]
+) -> list[AccuracyGroup]:
+    by_group: dict[tuple[str, int | None], dict[int, asyncpg.Record]] = {}
+    for record in checkpoint_rows:
+        key = (record["provider"], record["digits"])
+        by_group.setdefault(key, {})[record["checkpoint"]] = record
+    groups = []
+    ordered = sorted(
+        scan_rows, key=lambda r: (r["provider"], r["digits"] is None, r["digits"] or 0)
+    )
+    for row in ordered:
+        found = by_group.get((row["provider"], row["digits"]), {})
+        checkpoints = []
+        for checkpoint in CHECKPOINTS:
+            record = found.get(checkpoint)
+            if record is None or record["n"] == 0:
+                checkpoints.append(CheckpointAccuracy(checkpoint, 0, None, None, None))
+                continue
+            median_abs, p90_abs = record["abs_pcts"]
+            checkpoints.append(
+                CheckpointAccuracy(checkpoint, record["n"], median_abs, p90_abs, record["median"])
+            )
+        first = found.get(CHECKPOINTS[0])
+        groups.append(
+            AccuracyGroup(
+                provider=row["provider"],
+                bucket=_bucket_of(row["digits"]),
+                scans=row["scans"],
+                checkpoints=tuple(checkpoints),
+                median_time_linearity=row["time_r2"],
+                median_overall_linearity=row["overall_r2"],
+                median_time_stall_s=row["stall_s"],
+                within_10pct_at_10=first["within"] / first["n"] if first and first["n"] else None,
+            )
+        )
+    return groups
+
+
+def _recent_accuracy(record: asyncpg.Record) -> ScanAccuracyRecord:
+    errors = dict(zip(record["checkpoints"], record["errors"], strict=True))
+    return ScanAccuracyRecord(
+        scan_id=record["id"],
+        finished_at=record["finished_at"],
+        provider=record["provider"],
+        universe_size=record["universe_size"],
+        error_pct={checkpoint: errors.get(checkpoint) for checkpoint in CHECKPOINTS},
+        time_linearity=record["time_linearity"],
+        overall_linearity=record["overall_linearity"],
+    )

@@ -20,7 +20,7 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.test_server import Service, serve, settings_for
+from tests.test_server import Service, completed_with_accuracy, serve, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -260,3 +260,20 @@ async def test_real_answers_match_the_document(database_url: str, tmp_path: Path
 
     statuses = {status for _, _, status in contract.checked}
     assert {200, 202, 204, 400, 401, 404, 409, 413, 429, 503} <= statuses
+
+
+async def test_accuracy_answers_match_the_document(database_url: str, tmp_path: Path) -> None:
+    async with serve(settings_for(database_url, tmp_path)) as service:
+        check = (await contract_of(service)).check
+        path = "/stats/accuracy"
+        empty = await (await check(await service.get(path), path)).json()
+        assert empty["groups"] == [] and empty["recent"] == []
+        await completed_with_accuracy(service, "sample", 300, "sample", 5.0)
+        await completed_with_accuracy(service, "polygon", 2500, "polygon@5/min", -100.0)
+        full = await (await check(await service.get(f"{path}?since=1h"), path)).json()
+        assert len(full["groups"]) == 2 and len(full["recent"]) == 2
+        await check(await service.get(f"{path}?since=2d&until=1d&provider=polygon"), path)
+        await check(await service.get(f"{path}?bucket=2500"), path)
+        for bad in ("since=forever", "bucket=1000-5000", "until=-1d"):
+            answer = await check(await service.get(f"{path}?{bad}"), path)
+            assert answer.status == 400

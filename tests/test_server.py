@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -25,7 +26,8 @@ import orjson
 import pytest
 from aiohttp import web
 from technic.config import Settings
-from technic.server.app import POOL, create_app
+from technic.engine.eta import EtaCheckpoint, ScanAccuracy
+from technic.server.app import DATABASE, POOL, create_app
 from technic.server.cursor import Cursor
 
 from tests.seed_contract import SEED_PROGRESS_FIELDS, SEED_START_FIELDS
@@ -633,6 +635,93 @@ async def test_health_history_and_stats(service: Service) -> None:
     by_stage = {row["stage"]: row for row in stats["stages"]}
     assert by_stage["symbol_scanning"]["count"] == 3
     assert sum(row["dominant"] for row in stats["stages"]) == 1
+
+
+async def completed_with_accuracy(
+    service: Service, provider: str, size: int, kind: str, error_at_10: float
+) -> str:
+    """A scan completed through the repository, with its accuracy recorded as the service
+    records it: its ETA at 10 % was ``error_at_10`` % off, at 50 % it was exact, and at 90 %
+    no time was left."""
+    repo = service.app[DATABASE].repository
+    scan = await repo.create_scan(uuid.uuid4(), {"provider": provider}, universe_size=size)
+    await repo.transition(scan.id, "running")
+    await repo.transition(scan.id, "completed")
+    checkpoints = (
+        EtaCheckpoint(10, 1.0, 10.0 + error_at_10 / 10, 10.0),
+        EtaCheckpoint(50, 5.0, 5.0, 5.0),
+        EtaCheckpoint(90, 10.0, 0.5, 0.0),
+    )
+    accuracy = ScanAccuracy(checkpoints, 0.99, 0.5 + error_at_10 / 100, 0.25, 4.0)
+    await repo.record_accuracy(scan.id, accuracy, kind=kind, cache_hit_ratio=0.5)
+    return str(scan.id)
+
+
+async def test_accuracy_stats(service: Service) -> None:
+    ids = [
+        await completed_with_accuracy(service, "sample", 300, "sample", 5.0),
+        await completed_with_accuracy(service, "sample", 400, "sample", -20.0),
+        await completed_with_accuracy(service, "polygon", 2500, "polygon@300/min", 40.0),
+    ]
+    stats = await (await service.get("/stats/accuracy?since=1h")).json()
+    assert set(stats) == {"since", "until", "groups", "recent"}
+    since, until = (datetime.fromisoformat(stats[k]) for k in ("since", "until"))
+    assert until - since == timedelta(hours=1)
+    polygon, sample = stats["groups"]
+    assert (sample["provider"], sample["bucket"], sample["scans"]) == ("sample", "100-999", 2)
+    assert [c["checkpoint"] for c in sample["checkpoints"]] == [10, 25, 50, 75, 90]
+    at_10, at_25, at_50, _, at_90 = sample["checkpoints"]
+    assert at_10 == {"checkpoint": 10, "count": 2, "median_abs_error_pct": pytest.approx(12.5),
+                     "p90_abs_error_pct": pytest.approx(18.5),
+                     "median_error_pct": pytest.approx(-7.5)}  # fmt: skip
+    assert at_25["count"] == 0 and at_25["median_abs_error_pct"] is None
+    assert (at_50["count"], at_50["p90_abs_error_pct"]) == (2, 0.0)
+    assert at_90["count"] == 0  # no time remained: nothing to be wrong about
+    assert sample["within_10pct_at_10"] == 0.5
+    assert sample["median_time_linearity"] == pytest.approx(0.99)
+    assert sample["median_overall_linearity"] == pytest.approx(0.425)
+    assert sample["median_time_stall_s"] == 0.25
+    assert (polygon["provider"], polygon["bucket"], polygon["scans"]) == ("polygon", "1000-9999", 1)
+    assert polygon["within_10pct_at_10"] == 0.0
+    assert [r["scan_id"] for r in stats["recent"]] == ids[::-1]
+    assert stats["recent"][0]["error_pct"] == {
+        "10": pytest.approx(40.0), "25": None, "50": 0.0, "75": None, "90": None,
+    }  # fmt: skip
+    assert (stats["recent"][0]["provider"], stats["recent"][0]["universe_size"]) == (
+        "polygon", 2500,
+    )  # fmt: skip
+
+    only = await (await service.get("/stats/accuracy?since=1h&provider=polygon")).json()
+    assert [g["provider"] for g in only["groups"]] == ["polygon"] and len(only["recent"]) == 1
+    sized = await (await service.get("/stats/accuracy?bucket=350")).json()  # 100-999, last 7d
+    assert [(g["provider"], g["scans"]) for g in sized["groups"]] == [("sample", 2)]
+    for query in ("provider=nasdaq", "until=1m", "bucket=10000-99999"):
+        empty = await (await service.get(f"/stats/accuracy?{query}")).json()
+        assert empty["groups"] == [] and empty["recent"] == [], query
+    default = await (await service.get("/stats/accuracy")).json()
+    window = datetime.fromisoformat(default["until"]) - datetime.fromisoformat(default["since"])
+    assert window == timedelta(days=7) and len(default["groups"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "says"),
+    [
+        ("since=forever", "since", "must be a duration like 30m"),
+        ("since=99999999w", "since", "must be at most 3660d"),
+        ("until=yesterday", "until", "must be a duration like 30m"),
+        ("since=1h&until=2h", "until", "must be later than since"),
+        ("bucket=1000-5000", "bucket", "is not a bucket"),
+        ("bucket=big", "bucket", "expected a universe size or a bucket"),
+        ("provider=sam%00ple", "provider", "without NUL"),
+    ],
+)
+async def test_accuracy_stats_bad_queries(
+    service: Service, query: str, field: str, says: str
+) -> None:
+    response = await service.get(f"/stats/accuracy?{query}")
+    body = await response.json()
+    assert (response.status, body["field"]) == (400, field), body
+    assert says in body["error"]
 
 
 # -- the database going away, and shutdown ---------------------------------------------------

@@ -11,6 +11,7 @@ from uuid import uuid4
 
 import pytest
 from technic.cli.storage_commands import add_storage_commands
+from technic.engine.eta import EtaCheckpoint, ScanAccuracy
 from technic.storage import STAGES, connect_url
 from technic.storage.migrate import MIGRATIONS_DIR, discover
 from technic.storage.windows import parse_window
@@ -48,6 +49,90 @@ async def history_url(database_url: str) -> str:
     finally:
         await database.close()
     return database_url
+
+
+@pytest.fixture
+async def accuracy_url(database_url: str) -> str:
+    """A migrated database holding three completed scans with their ETA accuracy."""
+    database = await connect_url(database_url, migrate=False)
+    try:
+        repo = database.repository
+        for provider, size, kind, error in (
+            ("sample", 300, "sample", 5.0),
+            ("sample", 400, "sample", -20.0),
+            ("polygon", 2500, "polygon@300/min", 40.0),
+        ):
+            scan = await repo.create_scan(uuid4(), {"provider": provider}, universe_size=size)
+            await repo.transition(scan.id, "running")
+            await repo.transition(scan.id, "completed")
+            checkpoints = (
+                EtaCheckpoint(10, 1.0, 10.0 + error / 10, 10.0),
+                EtaCheckpoint(50, 5.0, 5.0, 5.0),
+            )
+            accuracy = ScanAccuracy(checkpoints, 0.99, 0.5 + error / 100, 0.25, 4.0)
+            await repo.record_accuracy(scan.id, accuracy, kind=kind, cache_hit_ratio=None)
+    finally:
+        await database.close()
+    return database_url
+
+
+def test_history_accuracy_table(
+    env: pytest.MonkeyPatch, accuracy_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", accuracy_url)
+    assert run(["history", "--accuracy", "--since", "1d"]) == 0
+    blocks = capsys.readouterr().out.split("\n\n")
+    assert blocks[0].startswith("ETA accuracy, ") and blocks[0].endswith(" UTC")
+    polygon, sample = (block.splitlines() for block in blocks[1:])
+    assert polygon[0] == "polygon, universe size 1000-9999: 1 scan"
+    assert sample[0] == "sample, universe size 100-999: 2 scans"
+    assert sample[1].split() == [
+        "checkpoint", "count", "median", "|err|", "p90", "|err|", "median", "err",
+    ]  # fmt: skip
+    rows = [line.split() for line in sample[3:8]]
+    assert rows == [
+        ["10%", "2", "12.5%", "18.5%", "-7.5%"],
+        ["25%", "0", "-", "-", "-"],
+        ["50%", "2", "0.0%", "0.0%", "+0.0%"],
+        ["75%", "0", "-", "-", "-"],
+        ["90%", "0", "-", "-", "-"],
+    ]
+    assert sample[8] == (
+        "linearity (median R-squared): time 0.990, overall 0.425; longest stall (median) 0.250 s"
+    )
+    assert sample[9] == "ETA within 10% at the 10% checkpoint: 50% of scans"
+    assert polygon[-1] == "ETA within 10% at the 10% checkpoint: 0% of scans"
+
+    assert run(["history", "--accuracy", "--provider", "nasdaq"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "no completed scans with an accuracy record in this window"
+    )
+
+
+def test_history_accuracy_json_is_the_endpoint_shape(
+    env: pytest.MonkeyPatch, accuracy_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", accuracy_url)
+    assert run(["history", "--accuracy", "--format", "json", "--provider", "sample"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"since", "until", "groups", "recent"}
+    assert datetime.fromisoformat(report["until"]) - datetime.fromisoformat(
+        report["since"]
+    ) == timedelta(days=7)
+    [group] = report["groups"]
+    assert (group["provider"], group["bucket"], group["scans"]) == ("sample", "100-999", 2)
+    assert group["checkpoints"][0] == {
+        "checkpoint": 10, "count": 2, "median_abs_error_pct": pytest.approx(12.5),
+        "p90_abs_error_pct": pytest.approx(18.5), "median_error_pct": pytest.approx(-7.5),
+    }  # fmt: skip
+    assert group["within_10pct_at_10"] == 0.5
+    assert [r["error_pct"]["10"] for r in report["recent"]] == [
+        pytest.approx(-20.0), pytest.approx(5.0),
+    ]  # fmt: skip
+
+    assert run(["history", "--accuracy", "--format", "json", "--universe-size-bucket", "2500"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(g["provider"], g["bucket"]) for g in report["groups"]] == [("polygon", "1000-9999")]
 
 
 def test_parse_window() -> None:
@@ -118,6 +203,9 @@ def test_history_json_and_buckets(
         (["history", "--since", "' OR 1=1 --"], "--since: must be a duration like"),
         (["history", "--universe-size-bucket", "1000-5000"], "--universe-size-bucket"),
         (["history", "--since", "99999999w"], "--since"),
+        (["history", "--accuracy", "--since", "forever"], "--since: must be a duration like"),
+        (["history", "--accuracy", "--universe-size-bucket", "big"], "--universe-size-bucket"),
+        (["history", "--provider", "sample"], "--provider: only with --accuracy"),
     ],
 )
 def test_history_bad_arguments(

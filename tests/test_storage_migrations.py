@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
-from technic.storage import DatabaseUnavailable, MigrationError
+from technic.storage import DatabaseUnavailable, MigrationError, connect_url
 from technic.storage.migrate import ADVISORY_LOCK_KEY, discover, migrate, split_statements
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -18,6 +19,7 @@ TABLES = {
     "scan_results",
     "scan_failures",
     "scan_owners",
+    "eta_checkpoints",
     "schema_migrations",
 }
 
@@ -59,6 +61,42 @@ async def test_fresh_then_repeated(empty_database_url: str) -> None:
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(first.applied)
     finally:
         await conn.close()
+
+
+async def test_scans_stored_before_eta_accuracy_simply_lack_it(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """0003 on a database with history: the old scans keep everything they had, have no
+    accuracy, and are neither history for the priors nor counted in the statistics."""
+    shipped = await discover()
+    before = write(tmp_path / "before", {m.file: m.sql for m in shipped if m.version < 3})
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn, before)
+        old = await conn.fetchval(
+            "INSERT INTO scans (id, status, config, started_at, finished_at, universe_size)"
+            " VALUES (gen_random_uuid(), 'completed', '{\"provider\": \"sample\"}',"
+            " now(), now(), 300) RETURNING id"
+        )
+        report = await migrate(conn)
+        assert report.applied == ["0003_eta_accuracy.sql"]
+        row = await conn.fetchrow(
+            "SELECT status, universe_size, eta_kind, cache_hit_ratio, time_linearity,"
+            " overall_linearity, time_stall_s, overall_stall_s FROM scans WHERE id = $1",
+            old,
+        )
+        assert (row["status"], row["universe_size"]) == ("completed", 300)
+        assert [row[k] for k in list(row.keys())[2:]] == [None] * 6
+        assert await conn.fetchval("SELECT count(*) FROM eta_checkpoints") == 0
+    finally:
+        await conn.close()
+    database = await connect_url(empty_database_url, migrate=False)
+    try:
+        assert await database.repository.eta_history("sample") == {}
+        stats = await database.repository.accuracy_stats(datetime.now(UTC) - timedelta(days=1))
+        assert stats.groups == [] and stats.recent == []
+    finally:
+        await database.close()
 
 
 async def test_concurrent_runners_apply_once(empty_database_url: str, tmp_path: Path) -> None:
