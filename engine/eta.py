@@ -67,28 +67,28 @@ Priors = Mapping[str, StagePrior]
 # on top of these.
 DEFAULT_PRIORS: dict[str, dict[str, StagePrior]] = {
     "sample": {
-        "universe_loading": StagePrior(0.004, 0.0),
-        "data_fetching": StagePrior(0.01, 0.0012),
-        "symbol_scanning": StagePrior(0.15, 0.00012),
-        "finalization": StagePrior(0.02, 0.00002),
+        "universe_loading": StagePrior(0.0026, 0.0),
+        "data_fetching": StagePrior(0.0, 0.00011),
+        "symbol_scanning": StagePrior(0.0, 0.00017),
+        "finalization": StagePrior(0.00082, 8.6e-06),
     },
     "csv": {
-        "universe_loading": StagePrior(0.004, 0.0),
-        "data_fetching": StagePrior(0.01, 0.0012),
-        "symbol_scanning": StagePrior(0.15, 0.00012),
-        "finalization": StagePrior(0.02, 0.00002),
+        "universe_loading": StagePrior(0.0026, 0.0),
+        "data_fetching": StagePrior(0.0, 0.00011),
+        "symbol_scanning": StagePrior(0.0, 0.00017),
+        "finalization": StagePrior(0.00082, 8.6e-06),
     },
     "synthetic": {
-        "universe_loading": StagePrior(0.004, 0.0000005),
-        "data_fetching": StagePrior(0.01, 0.00003),
-        "symbol_scanning": StagePrior(0.15, 0.000012),
-        "finalization": StagePrior(0.02, 0.00001),
+        "universe_loading": StagePrior(0.0, 2.5e-06),
+        "data_fetching": StagePrior(0.0, 0.00016),
+        "symbol_scanning": StagePrior(0.0, 2.4e-05),
+        "finalization": StagePrior(0.0, 9.1e-06),
     },
     "polygon": {
-        "universe_loading": StagePrior(0.05, 0.0),
+        "universe_loading": StagePrior(0.0026, 0.0),
         "data_fetching": StagePrior(0.05, 0.0),
-        "symbol_scanning": StagePrior(0.15, 0.00012),
-        "finalization": StagePrior(0.02, 0.00002),
+        "symbol_scanning": StagePrior(0.0, 0.00017),
+        "finalization": StagePrior(0.00082, 8.6e-06),
     },
 }
 

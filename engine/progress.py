@@ -75,7 +75,7 @@ STAGE_UNITS = {
     "universe_loading": "symbols",
     "data_fetching": "symbols",
     "symbol_scanning": "symbols",
-    "finalization": "steps",
+    "finalization": "symbols",
 }
 
 

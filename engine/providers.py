@@ -41,8 +41,15 @@ SYNTHETIC_END = dt.date(2024, 12, 31)
 
 @dataclass
 class FetchResult:
+    """The fetched block, and what a provider with a store of its own (``polygon``'s bar
+    store) did not have to fetch: ``served_from_store`` is that share of the requested
+    data, in the provider's own unit (0 for a provider that keeps nothing between scans,
+    None when there was nothing to fetch). It is the scan's cache hit ratio on a miss of
+    the block cache."""
+
     block: PriceBlock
     failures: dict[str, str] = field(default_factory=dict)
+    served_from_store: float | None = 0.0
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Finalisation counts symbols, a quarter of them per step: its cost grows with the scan's
+# size, and a prior in symbols (engine.eta) learns that where one in steps could not.
 FINALIZATION_STEPS = ("merge", "filter", "rank", "rows")
 MAX_AS_OF_BEYOND_DATA_DAYS = 7
 CANCEL_POLL_S = 0.2
@@ -161,9 +163,8 @@ def run_scan(
         min_interval_s=progress_interval_s,
     )
     expected = len(config.symbols) if config.symbols else config.max_symbols
-    for stage in ("data_fetching", "symbol_scanning"):
+    for stage in ("data_fetching", "symbol_scanning", "finalization"):
         tracker.expect(stage, expected)
-    tracker.expect("finalization", len(FINALIZATION_STEPS))
     started = time.monotonic()
     tracker.start()
 
@@ -177,7 +178,7 @@ def run_scan(
             provider = provider_for(config, max_scan_cells=max_scan_cells, polygon=polygon)
             selection = _load_universe(config, tracker, provider, cancel, max_scan_cells)
             check_cancel()
-            lease, cache_hit = _fetch(selection, tracker, store, persistent, provider, cancel)
+            lease, cache = _fetch(selection, tracker, store, persistent, provider, cancel)
             held.enter_context(lease)
             chunks = _scan_symbols(
                 config, lease.path, tracker, executor, check_cancel, max_chunks_in_flight
@@ -198,7 +199,7 @@ def run_scan(
     except Exception as error:
         tracker.finish("failed", f"Scan failed: {error}", error=str(error))
         raise
-    counts["cache_hit"] = cache_hit
+    counts.update(cache)
     metrics = _metrics(tracker, started, counts["symbols_scanned"], len(failures), counts)
     tracker.finish("completed", f"Scan complete: {len(rows)} candidates")
     metrics["stage_timings"] = tracker.stage_durations()
@@ -224,6 +225,7 @@ def _metrics(
 ) -> dict[str, Any]:
     total_s = time.monotonic() - started
     return {
+        "cache_hit_ratio": None,
         "stage_timings": tracker.stage_durations(),
         "symbols_per_second": scanned / total_s if total_s > 0 else 0.0,
         "symbols_scanned": scanned,
@@ -307,9 +309,8 @@ def _load_universe(
         tracker.update(stage, listed, f"Loaded {listed} symbols")
     if chosen == 0:
         raise InvalidConfig("symbols", "no symbol of the universe matches the filters")
-    for name in ("data_fetching", "symbol_scanning"):
+    for name in ("data_fetching", "symbol_scanning", "finalization"):
         tracker.set_total(name, chosen)
-    tracker.set_total("finalization", len(FINALIZATION_STEPS))
     tracker.complete_stage(stage, f"Selected {chosen} of {listed} symbols")
     return selection
 
@@ -321,8 +322,11 @@ def _fetch(
     persistent: bool,
     provider: Provider,
     cancel: CancelEvent | None,
-) -> tuple[CacheLease, bool]:
-    """The block of the selection, held in the store until the scan has read it."""
+) -> tuple[CacheLease, dict[str, Any]]:
+    """The block of the selection, held in the store until the scan has read it, and the
+    fetch's cache metrics: ``cache_hit`` (the whole block was cached) and
+    ``cache_hit_ratio``, the share of the data not fetched from the source (1 on a block
+    hit; on a miss what the provider served from a store of its own, 0 for most)."""
     stage = "data_fetching"
     symbols = selection.universe.symbols
     tracker.start_stage(stage, total=len(symbols), message="Fetching price data")
@@ -331,13 +335,13 @@ def _fetch(
     if cached is not None:
         tracker.update(stage, len(symbols), f"Loaded {len(symbols)} symbols from cache")
         tracker.complete_stage(stage)
-        return cached, True
+        return cached, {"cache_hit": True, "cache_hit_ratio": 1.0}
     units = _StageUnits(tracker, stage, "Fetching", "Fetched", len(symbols), cancel)
     fetched = provider.fetch(symbols, units.progress)
     units.progress.check_cancel()
     lease = store.put(key, fetched.block, fetched.failures)
     tracker.complete_stage(stage, f"Fetched {len(symbols)} symbols")
-    return lease, False
+    return lease, {"cache_hit": False, "cache_hit_ratio": fetched.served_from_store}
 
 
 def _window(config: ScanConfig, dates: np.ndarray) -> tuple[int, int]:
@@ -465,7 +469,12 @@ def _finalize(
     tracker: MultiStageProgressTracker,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]], dict[str, Any]]:
     stage = "finalization"
-    tracker.start_stage(stage, total=len(FINALIZATION_STEPS), message="Merging results")
+    symbols_in = len(selection.universe)
+    tracker.start_stage(stage, total=symbols_in, message="Merging results")
+
+    def step_done(step: int, message: str) -> None:
+        tracker.update(stage, symbols_in * step // len(FINALIZATION_STEPS), message)
+
     block, fetch_failures = read_block(block_path)
     chunks = sorted(chunks, key=lambda c: c.column_start)
     columns = np.concatenate([c.columns for c in chunks]) if chunks else np.empty(0, int)
@@ -479,17 +488,17 @@ def _finalize(
     for chunk in chunks:
         for column, reason in chunk.failures.items():
             failures.setdefault(str(block.symbols[column]), reason)
-    tracker.update(stage, 1, "Filtering by rating")
+    step_done(1, "Filtering by rating")
 
     keep = np.flatnonzero(values["tech_rating"] >= config.min_tech_rating)
-    tracker.update(stage, 2, "Ranking")
+    step_done(2, "Ranking")
     symbols = block.symbols[columns]
     order = keep[np.lexsort((symbols[keep].astype(str), -values["tech_rating"][keep]))]
-    tracker.update(stage, 3, "Building rows")
+    step_done(3, "Building rows")
 
     universe = selection.universe
     rows = _rows(universe, block.dates, symbols, last_rows, values, order)
-    tracker.update(stage, 4, f"{len(rows)} candidates")
+    step_done(4, f"{len(rows)} candidates")
     tracker.complete_stage(stage)
     failure_rows = [{"symbol": s, "reason": failures[s]} for s in sorted(failures)]
     counts = {

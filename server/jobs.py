@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
-from technic.engine.eta import StagePrior, fit_priors
+from technic.engine.eta import StagePrior, fit_priors, scan_kind
 from technic.engine.polygon.source import PolygonSource
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
 from technic.engine.workers import WorkerPool
 from technic.server.hub import Hub
 from technic.server.persist import Persister
-from technic.storage import Repository
+from technic.storage import Repository, StorageError
 
 if TYPE_CHECKING:
     from technic.server.metrics import Metrics
@@ -210,7 +210,13 @@ class JobManager:
         self._finish(job, "cancelled", None)
 
     def _finish(
-        self, job: Job, status: str, error: str | None, result: ScanResult | None = None
+        self,
+        job: Job,
+        status: str,
+        error: str | None,
+        result: ScanResult | None = None,
+        *,
+        kind: str | None = None,
     ) -> None:
         """Record the end of a scan. Its rows live only in the persister's queued writes from
         here on, and are released as soon as they are stored (or kept, through a database
@@ -247,6 +253,21 @@ class JobManager:
                 lambda: repository.save_failures(scan_uuid, failures),
             )
         self.persister.submit(f"finish scan {job.scan_id}", record_end)
+        accuracy = result.accuracy if result is not None else None
+        if accuracy is not None and kind is not None:
+            for checkpoint in accuracy.checkpoints:
+                self.metrics.eta_checkpoint(checkpoint.checkpoint, checkpoint.error_pct)
+            cache_hit_ratio = metrics.get("cache_hit_ratio") if metrics else None
+            self.persister.submit(
+                f"record ETA accuracy of {job.scan_id}",
+                functools.partial(
+                    repository.record_accuracy,
+                    scan_uuid,
+                    accuracy,
+                    kind=kind,
+                    cache_hit_ratio=cache_hit_ratio,
+                ),
+            )
         self.persister.submit(f"mark scan {job.scan_id} stored", mark_stored)
         self._finished[job.scan_id] = job
         while len(self._finished) > FINISHED_JOBS_KEPT:
@@ -272,7 +293,8 @@ class JobManager:
 
     async def _run(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
-        priors = await self._priors(job.config)
+        kind = self._kind(job.config)
+        priors = await self._priors(job.config, kind)
         scan_uuid = uuid.UUID(job.scan_id)
         self.persister.submit(
             f"start scan {job.scan_id}", lambda: self.repository.transition(scan_uuid, "running")
@@ -306,10 +328,20 @@ class JobManager:
         if self.cache_dir is not None:
             self.metrics.cache_lookup(hit=bool(result.metrics.get("cache_hit")))
         self._recent_durations_s.append(time.monotonic() - started)
-        self._finish(job, result.status, None, result)
+        self._finish(job, result.status, None, result, kind=kind)
 
-    async def _priors(self, config: ScanConfig) -> dict[str, StagePrior]:
-        return fit_priors({}, config.provider)
+    def _kind(self, config: ScanConfig) -> str:
+        rate_limit = self.polygon.client.requests_per_minute if self.polygon else None
+        return scan_kind(config.provider, int(rate_limit) if rate_limit else None)
+
+    async def _priors(self, config: ScanConfig, kind: str) -> dict[str, StagePrior]:
+        """Priors learned from the kind's recent scans; the measured defaults when the
+        database cannot say in time (a scan never waits long for its ETA's history)."""
+        try:
+            history = await asyncio.wait_for(self.repository.eta_history(kind), PRIORS_TIMEOUT_S)
+        except (StorageError, TimeoutError):
+            history = {}
+        return fit_priors(history, config.provider)
 
     def _on_snapshot(self, job: Job, snapshot: Snapshot) -> None:
         self.hub.publish(job.scan_id, snapshot)

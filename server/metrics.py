@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from technic.engine.eta import CHECKPOINTS
 from technic.engine.progress import SCAN_STAGES, TERMINAL_STATUSES
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 # Request latency: from a cached JSON answer (~1 ms) to a synchronous scan (seconds).
 REQUEST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Stage durations: a cached fetch of a few symbols (ms) to a 100k-symbol scan (minutes).
+# Absolute ETA error in percent of the time that remained: 10 is the goal at 10 %.
+ETA_ERROR_BUCKETS_PCT = (1, 2.5, 5, 10, 15, 25, 50, 100, 250)
 STAGE_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 # Methods outside this set are counted as "other": the method is the client's text, and a
 # label taken from it verbatim would let any client create series without bound.
@@ -68,6 +71,15 @@ class Metrics:
             buckets=STAGE_BUCKETS_S,
             registry=self.registry,
         )
+        self.eta_error = Histogram(
+            "technic_eta_abs_error_percent",
+            "Absolute error of a completed scan's overall ETA, in percent of the time that "
+            "actually remained, noted when the scan passed each checkpoint (percent of its "
+            "expected time).",
+            ["checkpoint"],
+            buckets=ETA_ERROR_BUCKETS_PCT,
+            registry=self.registry,
+        )
         self.cache_lookups = Counter(
             "technic_block_cache_lookups",
             "Scans whose price block was looked up in the block cache, by result.",
@@ -80,6 +92,8 @@ class Metrics:
             self.scans_finished.labels(status)
         for stage, _ in SCAN_STAGES:
             self.stage_duration.labels(stage)
+        for checkpoint in CHECKPOINTS:
+            self.eta_error.labels(str(checkpoint))
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result)
         self._service = _ServiceCollector()
@@ -99,6 +113,10 @@ class Metrics:
 
     def stage_completed(self, stage: str, duration_s: float) -> None:
         self.stage_duration.labels(stage).observe(duration_s)
+
+    def eta_checkpoint(self, checkpoint: int, error_pct: float | None) -> None:
+        if error_pct is not None:
+            self.eta_error.labels(str(checkpoint)).observe(abs(error_pct))
 
     def cache_lookup(self, *, hit: bool) -> None:
         self.cache_lookups.labels("hit" if hit else "miss").inc()

@@ -23,6 +23,7 @@ PERFORMANCE_KEYS = (
     "universe_size",
     "candidates",
     "cache_hit",
+    "cache_hit_ratio",
     "partial_rows_repaired",
     "inconsistent_rows_repaired",
     "gap_bars_filled",

@@ -142,6 +142,22 @@ def test_a_second_identical_scan_makes_no_bar_request(standin: StandIn, tmp_path
     fewer = polygon_scan(source, tmp_path, max_symbols=20, min_tech_rating=1)
     assert standin.bar_requests() == []
     assert_same_ratings(fewer.rows, first.rows, {r["symbol"] for r in fewer.rows})
+    # the first scan fetched everything, the second hit the block cache, the third was
+    # served from the bar store alone
+    ratios = [scan.metrics["cache_hit_ratio"] for scan in (first, again, fewer)]
+    assert ratios == [0.0, 1.0, 1.0]
+
+
+def test_the_hit_ratio_is_the_share_of_symbol_sessions_the_bar_store_served(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    source = make_source(standin, tmp_path)
+    day_before = dt.date(2017, 8, 10)
+    polygon_scan(source, tmp_path, max_symbols=20, lookback_bars=100, as_of=day_before)
+    wider = polygon_scan(source, tmp_path, max_symbols=50, lookback_bars=100, as_of=day_before)
+    assert wider.metrics["cache_hit_ratio"] == pytest.approx(20 / 50)
+    next_day = polygon_scan(source, tmp_path, max_symbols=50, lookback_bars=100)
+    assert next_day.metrics["cache_hit_ratio"] == pytest.approx(99 / 100)
 
 
 def test_the_next_days_scan_makes_one_grouped_request_and_one_split_check(

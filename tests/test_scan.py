@@ -170,6 +170,7 @@ def test_cache_makes_the_second_scan_skip_fetching(tmp_path: Path) -> None:
     cold = run_scan(config, cache_dir=tmp_path)
     warm = run_scan(config, cache_dir=tmp_path)
     assert (cold.metrics["cache_hit"], warm.metrics["cache_hit"]) == (False, True)
+    assert (cold.metrics["cache_hit_ratio"], warm.metrics["cache_hit_ratio"]) == (0.0, 1.0)
     assert warm.rows == cold.rows
     assert len(list(tmp_path.iterdir())) == 1
 
@@ -194,6 +195,11 @@ def test_cancel_stops_within_a_second_and_says_cancelled() -> None:
     assert seen[-1]["status"] == "cancelled"
     assert seen[-1]["stages"]["symbol_scanning"]["progress"] < 100
     assert result.rows == []
+
+
+def test_a_scan_without_a_cache_has_a_hit_ratio_of_zero() -> None:
+    result = run_scan(ScanConfig(max_symbols=20))
+    assert result.metrics["cache_hit_ratio"] == 0.0
 
 
 def test_cancel_during_fetch() -> None:

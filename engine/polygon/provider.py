@@ -12,6 +12,12 @@ their retries are not asked again in the same scan: a symbol becomes a failure r
 the reason, and so does a grouped day (named by its date; the day is left out of the block,
 as a holiday would be). Finally the block is built from the store alone.
 
+The fetch's cache hit ratio (``FetchResult.served_from_store``) is counted in
+symbol-sessions: the share of the scan's window (symbols x sessions) that the store knew
+before the first round, i.e. data not fetched over HTTP. Cells rather than requests,
+because what a request brings depends on the plan (a grouped day serves every symbol of
+the day), while a cell is the same unit whichever way it was fetched.
+
 Today's bar is never asked for before it is final (``calendar.last_final_session``), so a
 partial day is never kept as if it were complete.
 """
@@ -188,12 +194,15 @@ class _Fetch:
         self.empty_days: list[dt.date] = []
         self.changes = Changes()
         self.committed_at = time.monotonic()
+        self.served_from_store: float | None = None
 
     def run(self) -> FetchResult:
         for _ in range(MAX_ROUNDS):
             view = self.store.view()
             window = self._window(view)
             known = view.coverage(self.symbols, window)
+            if self.served_from_store is None and known.size:
+                self.served_from_store = float(known.mean())
             known[np.isin(self.symbols, list(self.failed_symbols))] = True
             known[:, np.isin(window, list(self.failed_days))] = True
             plan = plan_requests(known, self.symbols, window)
@@ -394,4 +403,4 @@ class _Fetch:
             failures[str(symbol)] = f"no bars from the provider between {window[0]} and {self.end}"
         for day, reason in self.failed_days.items():
             failures[day.isoformat()] = reason
-        return FetchResult(block, failures)
+        return FetchResult(block, failures, self.served_from_store)
