@@ -550,3 +550,54 @@ def _watch_through_a_crash(service: Server, tab: Any) -> None:
     assert tab.locator(".connection").text_content() == "Finished"
     assert "interrupted" in tab.locator(".outcome").text_content()
     shot(tab, "after-restart")
+
+
+def test_history_shows_how_right_the_etas_were(
+    browser: Any, pg_server_url: str, tmp_path: Path, console: Console
+) -> None:
+    """A server of its own: no scan measured, then three real scans measured, and the chart
+    and its words say what GET /stats/accuracy says."""
+    with (
+        running_server(pg_server_url, tmp_path / "data", "browser-accuracy-server.log") as service,
+        new_tab(browser, console) as tab,
+    ):
+        tab.goto(f"{service.url}/#/history")
+        empty = tab.locator("#accuracy-chart .empty")
+        empty.wait_for()
+        assert "No scan in this window has a measured ETA yet" in empty.text_content()
+        assert tab.locator("#accuracy-summary li").count() == 0
+
+        scan_ids = [
+            service.api("POST", "/scan/start", {"max_symbols": 300, "async_mode": False})["scan_id"]
+            for _ in range(3)
+        ]
+        stats = service.api("GET", "/stats/accuracy?since=7d")
+        assert {scan["scan_id"] for scan in stats["recent"]} == set(scan_ids)
+        tab.reload()
+        tab.wait_for_selector("#accuracy-chart svg g.scan-errors")
+        shot(tab, "history-accuracy", full_page=True)
+
+        # one faint line per measured scan, one dot per checkpoint it has an error for
+        for scan in stats["recent"]:
+            line = tab.locator(f"#accuracy-chart g.scan-errors[data-scan='{scan['scan_id']}']")
+            scored = [v for v in scan["error_pct"].values() if v is not None]
+            assert line.locator("circle").count() == len(scored), scan
+        assert tab.locator("#accuracy-chart g.scan-errors").count() == 3
+        # a bold median line per group, the ±10 % band, every checkpoint on the x axis
+        assert tab.locator("#accuracy-chart g.median-errors").count() == len(stats["groups"])
+        assert tab.locator("#accuracy-chart g.band line").count() == 2
+        labels = tab.locator("#accuracy-chart g.x-axis text").all_text_contents()
+        assert [f"{p['checkpoint']}%" for p in stats["groups"][0]["checkpoints"]] == labels[:-1]
+
+        # the words carry the API's figures
+        words = tab.locator("#accuracy-summary li").all_text_contents()
+        assert len(words) == len(stats["groups"]) == 1, words
+        group = stats["groups"][0]
+        first = group["checkpoints"][0]
+        assert first["checkpoint"] == 10 and first["count"] == 3
+        within = round(group["within_10pct_at_10"] * first["count"])
+        assert f"ETA within 10% at the 10% mark for {within} of 3 scans" in words[0]
+        assert f"time bar linearity R² {group['median_time_linearity']:.2f}" in words[0]
+        assert f"(weighted bar {group['median_overall_linearity']:.2f})" in words[0]
+        assert words[0].startswith(f"S&P 500 sample, {group['bucket'].replace('-', '–')}")
+    assert console.errors == []
