@@ -600,4 +600,12 @@ def test_history_shows_how_right_the_etas_were(
         assert f"time bar linearity R² {group['median_time_linearity']:.2f}" in words[0]
         assert f"(weighted bar {group['median_overall_linearity']:.2f})" in words[0]
         assert words[0].startswith(f"S&P 500 sample, {group['bucket'].replace('-', '–')}")
+
+        tab.set_viewport_size({"width": 390, "height": 844})  # a phone: redrawn to fit
+        tab.wait_for_function(
+            "document.querySelector('#accuracy-chart svg').getAttribute('width') < 390"
+        )
+        assert tab.evaluate("document.scrollingElement.scrollWidth <= innerWidth")
+        tab.locator("#accuracy-chart").scroll_into_view_if_needed()
+        shot(tab, "phone-history-accuracy")
     assert console.errors == []
