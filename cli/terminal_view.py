@@ -39,14 +39,26 @@ def _format_eta(seconds: float | None) -> str:
     return f"ETA {text}" if text else "ETA --"
 
 
+def _overall_text(snapshot: dict[str, Any]) -> tuple[float, str]:
+    """The main bar's percent and its words. The bar follows ``time_progress`` (the share of
+    the expected time done), which moves steadily; the seed's weighted sum of stage percents
+    is not linear in time, so it is shown beside it, named. A snapshot from a server without
+    ``time_progress`` has only the weighted sum: that is the bar then."""
+    weighted = float(snapshot.get("overall_progress") or 0.0)
+    if snapshot.get("time_progress") is None:
+        return weighted, f"{weighted:5.1f}%"
+    timed = float(snapshot["time_progress"])
+    return timed, f"{timed:5.1f}% of time  stages {weighted:.1f}% weighted"
+
+
 def render(snapshot: dict[str, Any]) -> list[str]:
     """Lines for one snapshot: an overall bar, one line per stage, the message."""
-    overall = float(snapshot.get("overall_progress") or 0.0)
+    percent, words = _overall_text(snapshot)
     status = snapshot.get("status", "pending")
     eta = snapshot.get("overall_eta_formatted")
     elapsed = float(snapshot.get("elapsed_seconds") or 0.0)
     lines = [
-        f"Scan {status:<10} {_bar(overall)} {overall:5.1f}%  "
+        f"Scan {status:<10} {_bar(percent)} {words}  "
         f"{'ETA ' + eta if eta else 'ETA --'}  elapsed {elapsed:.1f}s"
     ]
     for name, stage in (snapshot.get("stages") or {}).items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -203,6 +204,49 @@ def wait_for_status(page: Any, status: str, timeout_ms: int = TIMEOUT_MS) -> Non
     )
 
 
+def record_snapshots(page: Any) -> list[dict[str, Any]]:
+    """The progress snapshots the page receives (WebSocket frames and GET /scan/progress),
+    in order: what the bars must show."""
+    received: list[dict[str, Any]] = []
+
+    def on_frame(payload: str | bytes) -> None:
+        message = json.loads(payload)
+        if isinstance(message, dict) and "time_progress" in message:
+            received.append(message)
+
+    def on_response(response: Any) -> None:
+        if "/scan/progress/" in response.url and response.ok:
+            received.append(response.json())
+
+    page.on("websocket", lambda socket: socket.on("framereceived", on_frame))
+    page.on("response", on_response)
+    return received
+
+
+def assert_bar_follows_time_progress(page: Any, received: list[dict[str, Any]]) -> None:
+    """Every value the main bar showed is a received snapshot's time_progress (to 0.1), and
+    the weighted sum of the last one is written beside it."""
+    assert received, "the page received no snapshot"
+    timed = [snapshot["time_progress"] for snapshot in received]
+    shown = seen(page)["overall"]
+    assert shown, "the bar never moved"
+    for value in shown:  # aria-valuenow is rounded to a tenth
+        assert min(abs(value - t) for t in timed) <= 0.051, (value, timed)
+    last = received[-1]
+    assert overall(page) == pytest.approx(last["time_progress"], abs=0.051)
+    bar = page.locator('[aria-label="Overall progress"]')
+    assert "of the expected time" in bar.get_attribute("aria-valuetext")
+    page.wait_for_function(  # the fill's width, once its short transition has run
+        "share => { const bar = document.querySelector('[aria-label=\"Overall progress\"]');"
+        " const width = bar.querySelector('.fill').getBoundingClientRect().width;"
+        " return Math.abs(width / bar.getBoundingClientRect().width - share) < 0.01; }",
+        arg=last["time_progress"] / 100,
+    )
+    weighted = page.locator("#weighted-progress")
+    assert weighted.is_visible()
+    assert weighted.text_content() == f"stages {last['overall_progress']:.1f}% (weighted)"
+
+
 def sort_by(page: Any, key: str) -> None:
     """Click a results heading; sorting more rows than the page holds asks the server."""
     page.click(f"#results-table thead th[data-key='{key}'] button")
@@ -236,6 +280,7 @@ def test_start_a_scan_from_the_form_and_watch_it_to_the_results(
     page.wait_for_selector("#sector-list input[value='Communication Services']")
     page.fill("#field-max_symbols", "6000")
     page.fill("#field-min_tech_rating", "55")
+    received = record_snapshots(page)
     page.click("#start-form button[type=submit]")
     page.wait_for_url(re.compile(rf".*#/scan/{UUID}$"))
     scan_id = page.url.rsplit("/", 1)[1]
@@ -250,6 +295,12 @@ def test_start_a_scan_from_the_form_and_watch_it_to_the_results(
     assert values == sorted(values), "the overall bar went backwards"
     assert values[-1] == 100
     assert any(0 < v < 100 for v in values), "no intermediate progress was shown"
+    # the main bar is the share of the expected time, the weighted sum is beside it
+    assert_bar_follows_time_progress(page, received)
+    assert server.api("GET", f"/scan/progress/{scan_id}")["time_progress"] == 100
+    assert any(abs(s["time_progress"] - s["overall_progress"]) >= 1 for s in received), (
+        "no snapshot where the two bars differ: the test shows nothing"
+    )
     assert_stages_done_in_order(record["stages"])
     assert any(r["status"] == "running" for r in record["stages"]), "no stage seen running"
     assert record["connection"][-2:] == ["Live · WebSocket", "Finished"], record["connection"]
@@ -370,6 +421,7 @@ def test_reloading_a_running_scan_resumes_it(page: Any, server: Server) -> None:
     open_scan(page, server, scan_id)
     wait_overall_above(page, 6)  # data fetching under way
     shot(page, "scan-running")
+    assert page.locator("#weighted-progress").text_content().endswith("% (weighted)")
     before = overall(page)
     page.reload()
     page.wait_for_selector(f'.scan[data-scan="{scan_id}"]')
@@ -498,3 +550,62 @@ def _watch_through_a_crash(service: Server, tab: Any) -> None:
     assert tab.locator(".connection").text_content() == "Finished"
     assert "interrupted" in tab.locator(".outcome").text_content()
     shot(tab, "after-restart")
+
+
+def test_history_shows_how_right_the_etas_were(
+    browser: Any, pg_server_url: str, tmp_path: Path, console: Console
+) -> None:
+    """A server of its own: no scan measured, then three real scans measured, and the chart
+    and its words say what GET /stats/accuracy says."""
+    with (
+        running_server(pg_server_url, tmp_path / "data", "browser-accuracy-server.log") as service,
+        new_tab(browser, console) as tab,
+    ):
+        tab.goto(f"{service.url}/#/history")
+        empty = tab.locator("#accuracy-chart .empty")
+        empty.wait_for()
+        assert "No scan in this window has a measured ETA yet" in empty.text_content()
+        assert tab.locator("#accuracy-summary li").count() == 0
+
+        scan_ids = [
+            service.api("POST", "/scan/start", {"max_symbols": 300, "async_mode": False})["scan_id"]
+            for _ in range(3)
+        ]
+        stats = service.api("GET", "/stats/accuracy?since=7d")
+        assert {scan["scan_id"] for scan in stats["recent"]} == set(scan_ids)
+        tab.reload()
+        tab.wait_for_selector("#accuracy-chart svg g.scan-errors")
+        shot(tab, "history-accuracy", full_page=True)
+
+        # one faint line per measured scan, one dot per checkpoint it has an error for
+        for scan in stats["recent"]:
+            line = tab.locator(f"#accuracy-chart g.scan-errors[data-scan='{scan['scan_id']}']")
+            scored = [v for v in scan["error_pct"].values() if v is not None]
+            assert line.locator("circle").count() == len(scored), scan
+        assert tab.locator("#accuracy-chart g.scan-errors").count() == 3
+        # a bold median line per group, the ±10 % band, every checkpoint on the x axis
+        assert tab.locator("#accuracy-chart g.median-errors").count() == len(stats["groups"])
+        assert tab.locator("#accuracy-chart g.band line").count() == 2
+        labels = tab.locator("#accuracy-chart g.x-axis text").all_text_contents()
+        assert [f"{p['checkpoint']}%" for p in stats["groups"][0]["checkpoints"]] == labels[:-1]
+
+        # the words carry the API's figures
+        words = tab.locator("#accuracy-summary li").all_text_contents()
+        assert len(words) == len(stats["groups"]) == 1, words
+        group = stats["groups"][0]
+        first = group["checkpoints"][0]
+        assert first["checkpoint"] == 10 and first["count"] == 3
+        within = round(group["within_10pct_at_10"] * first["count"])
+        assert f"ETA within 10% at the 10% mark for {within} of 3 scans" in words[0]
+        assert f"time bar linearity R² {group['median_time_linearity']:.2f}" in words[0]
+        assert f"(weighted bar {group['median_overall_linearity']:.2f})" in words[0]
+        assert words[0].startswith(f"S&P 500 sample, {group['bucket'].replace('-', '–')}")
+
+        tab.set_viewport_size({"width": 390, "height": 844})  # a phone: redrawn to fit
+        tab.wait_for_function(
+            "document.querySelector('#accuracy-chart svg').getAttribute('width') < 390"
+        )
+        assert tab.evaluate("document.scrollingElement.scrollWidth <= innerWidth")
+        tab.locator("#accuracy-chart").scroll_into_view_if_needed()
+        shot(tab, "phone-history-accuracy")
+    assert console.errors == []

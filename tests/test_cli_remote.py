@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -22,12 +23,19 @@ from pathlib import Path
 import pytest
 from technic.cli.main import main
 from technic.cli.remote import Remote, RemoteError, parse_scan_id
+from technic.cli.terminal_view import render
+from technic.engine import MultiStageProgressTracker
 from technic.server.cursor import Cursor
 
 from tests.live_server import Server, running_scans, running_server, wait_until
 
 TECHNIC = Path(sys.executable).with_name("technic")
 STAGE_LINES = ("Universe Loading", "Data Fetching", "Symbol Scanning", "Finalization")
+# the first line of the live view: the time bar, its percent and the weighted sum beside it
+OVERALL_LINE = re.compile(
+    r"Scan \w+ +(?P<bar>[█░]{30}) +(?P<time>[\d.]+)% of time  "
+    r"stages (?P<weighted>[\d.]+)% weighted  ETA .*elapsed [\d.]+s"
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +116,11 @@ def test_watch_a_scan_to_completion_exits_0(server: Server) -> None:
         assert f"Completed stage: {stage}" in done.stderr
     # the final view: the same lines as the local technic scan draws
     assert "Scan completed" in done.stderr and "100.0%" in done.stderr
+    # the main bar is the share of the expected time; the seed's weighted sum is beside it
+    assert server.api("GET", f"/scan/progress/{scan_id}")["time_progress"] == 100
+    final = [line for line in done.stderr.splitlines() if line.startswith("Scan completed")]
+    assert final and OVERALL_LINE.fullmatch(final[-1]), final
+    assert f"{'█' * 30} 100.0% of time  stages 100.0% weighted" in final[-1]
     for label in STAGE_LINES:
         line = next(line for line in done.stderr.splitlines() if label in line and "%)" in line)
         assert "✅" in line and "completed" in line
@@ -144,6 +157,20 @@ def test_watch_refuses_unknown_scans_and_unreachable_servers(server: Server) -> 
     )
     assert closed.returncode == 1
     assert "cannot reach http://127.0.0.1:9" in closed.stderr
+
+
+def test_a_snapshot_without_time_progress_draws_the_weighted_sum() -> None:
+    """An older server sends no time_progress: its weighted sum is then the bar, unnamed."""
+    tracker = MultiStageProgressTracker(clock=lambda: 10.0, wall_clock=lambda: 1.7e9)
+    tracker.start()
+    tracker.start_stage("universe_loading", total=10)
+    tracker.update("universe_loading", 10)
+    tracker.complete_stage("universe_loading")
+    snapshot = tracker.snapshot()
+    del snapshot["time_progress"]
+    first = render(snapshot)[0]
+    assert f"{'█' * 2}{'░' * 28}   5.0%  ETA" in first, first
+    assert "weighted" not in first and "of time" not in first
 
 
 @pytest.mark.parametrize(
@@ -199,6 +226,13 @@ def test_watch_redraws_in_place_on_a_terminal(server: Server) -> None:
     assert process.returncode == 130
     text = output.decode(errors="replace")
     assert "\x1b[2K" in text and "\x1b[6F" in text  # lines are cleared and redrawn in place
+    frames = [OVERALL_LINE.search(line) for line in text.split("\x1b[2K")]
+    shown = [(m["bar"], float(m["time"]), float(m["weighted"])) for m in frames if m]
+    assert len(shown) >= 3, text
+    for bar, timed, _ in shown:  # the bar is drawn from the time share
+        assert bar.count("█") == round(30 * timed / 100), (bar, timed)
+    # fetching is most of a synthetic scan's time but 20 % of the weighted sum
+    assert any(abs(timed - weighted) >= 1 for _, timed, weighted in shown), shown
     assert "Starting stage" not in text  # the log lines are for pipes, not terminals
     assert "Scan cancelled" in text
 

@@ -2,9 +2,10 @@
 // Plain ES modules, no build step. Routes live in the hash so every view has its own URL:
 //   #/              start form and recent scans
 //   #/scan/<id>     one scan, live while it runs (add ?transport=sse or =poll to force one)
-//   #/history       stage durations over recent scans, p50/p90, the dominant stage
+//   #/history       stage durations over recent scans, p50/p90, the dominant stage, and how
+//                   right the ETAs were (error by checkpoint, linearity of the bars)
 
-import { barChart, lineChart } from "./charts.js";
+import { barChart, errorChart, lineChart } from "./charts.js";
 import { LiveFeed, TRANSPORT_NAMES } from "./live.js";
 import {
   ApiError,
@@ -487,7 +488,7 @@ function recentScans() {
         const live = progress[scan.scan_id];
         let duration = fmtDuration(scan.duration_seconds);
         if (!TERMINAL.has(scan.status)) {
-          duration = live ? fmtPercent(live.overall_progress, 0) : "…";
+          duration = live ? fmtPercent(timeShare(live).percent, 0) : "…";
         }
         const results = scan.status === "completed" ? fmtInt(scan.result_count) : "–";
         return h(
@@ -546,6 +547,13 @@ function scanView(scanId) {
   );
   const overallBar = progressBar("Overall progress", { large: true });
   const overallPct = h("span", { class: "overall-pct" }, "0.0%");
+  const overallWhat = h("span", { class: "overall-what" });
+  const weighted = h("span", {
+    class: "weighted",
+    id: "weighted-progress",
+    title: "The stages' own percents weighted 5/20/70/5: not linear in time",
+    hidden: true,
+  });
   const etaText = h("span", { class: "eta" }, "waiting for the first update…");
   const message = h("p", { class: "message" });
   const metric = (label, name) => {
@@ -616,7 +624,7 @@ function scanView(scanId) {
         h(
           "div",
           { class: "overall" },
-          h("div", { class: "overall-top" }, overallPct, etaText),
+          h("div", { class: "overall-top" }, overallPct, overallWhat, etaText, weighted),
           overallBar,
           message,
         ),
@@ -696,7 +704,7 @@ function scanView(scanId) {
     const status = snapshot.status;
     badge.className = `badge status-${status}`;
     setText(badge, STATUS_LABELS[status] || status);
-    const overall = snapshot.overall_progress || 0;
+    const { percent: overall, timed } = timeShare(snapshot);
     let words;
     if (status === "pending") words = "queued: waiting for a free worker…";
     else if (status === "running") words = etaWords(snapshot.overall_eta);
@@ -705,9 +713,13 @@ function scanView(scanId) {
       const ended = (STATUS_LABELS[status] || status).toLowerCase();
       words = `${ended} after ${fmtDuration(snapshot.elapsed_seconds || 0)}`;
     }
-    setProgress(overallBar, overall, `${fmtPercent(overall)}, ${words}`);
+    const what = timed ? " of the expected time" : "";
+    setProgress(overallBar, overall, `${fmtPercent(overall)}${what}, ${words}`);
     overallBar.dataset.status = status;
     setText(overallPct, fmtPercent(overall));
+    setText(overallWhat, what.trim());
+    weighted.hidden = !timed;
+    setText(weighted, timed ? `stages ${fmtPercent(snapshot.overall_progress || 0)} (weighted)` : "");
     setText(etaText, words);
     setText(message, snapshot.error || snapshot.message || "");
     message.classList.toggle("error", Boolean(snapshot.error));
@@ -829,6 +841,16 @@ function scanView(scanId) {
     clearInterval(ticker);
     for (const dispose of disposers) dispose();
   };
+}
+
+/**
+ * What the main bar shows: ``time_progress``, the share of the expected time done, which
+ * moves steadily; the seed's weighted ``overall_progress`` is not linear in time. A server
+ * without ``time_progress`` has only the weighted sum: that is the bar then (``timed`` false).
+ */
+function timeShare(snapshot) {
+  if (Number.isFinite(snapshot.time_progress)) return { percent: snapshot.time_progress, timed: true };
+  return { percent: snapshot.overall_progress || 0, timed: false };
 }
 
 /** Symbols per second: the running stage's rate, or the whole scan's once it has ended. */
@@ -1159,6 +1181,7 @@ function historyView() {
     ),
   );
   const chartNote = h("p", { class: "hint" });
+  const accuracy = accuracyCard();
   view.append(
     h(
       "div",
@@ -1171,6 +1194,7 @@ function historyView() {
       ),
       card("Which stage takes the time", headline, h("div", { class: "table-scroll" }, statsTable)),
       card("Stage duration per scan", legend, chartBox, chartNote),
+      accuracy.element,
     ),
   );
 
@@ -1216,14 +1240,16 @@ function historyView() {
     setText(headline, "Loading…");
     const span = since.value;
     try {
-      const [stats, page] = await Promise.all([
+      const [stats, page, measured] = await Promise.all([
         api("/stats/stages", { query: { since: span }, signal: controller.signal }),
         api("/scans", {
           query: { status: "completed", since: span, limit: HISTORY_SCANS },
           signal: controller.signal,
         }),
+        api("/stats/accuracy", { query: { since: span }, signal: controller.signal }),
       ]);
       renderStats(stats);
+      accuracy.show(measured);
       const scans = page.scans.slice().reverse();
       const durations = await stageDurations(scans, controller.signal);
       chartData = { scans, durations };
@@ -1307,6 +1333,106 @@ function historyView() {
   return () => {
     controller.abort();
     stopResize();
+    accuracy.stop();
+  };
+}
+
+const WITHIN = 10; // the percent the issue asks ETAs to be within, from the 10 % mark on
+
+function fmtR2(value) {
+  return Number.isFinite(value) ? value.toFixed(2) : "–";
+}
+
+function groupName(group) {
+  const provider = group.provider === "sample" ? "S&P 500 sample" : group.provider;
+  return group.bucket ? `${provider}, ${group.bucket.replace("-", "–")} symbols` : provider;
+}
+
+/** One sentence per provider and size: the 10 % mark and the linearity of both bars. */
+function accuracyWords(group) {
+  const first = group.checkpoints[0];
+  const scored = first?.count || 0;
+  const within = Math.round((group.within_10pct_at_10 || 0) * scored);
+  const eta = scored
+    ? `ETA within ${WITHIN}% at the ${first.checkpoint}% mark for ${within} of ${plural(scored, "scan")}`
+    : `no ETA scored at the ${first?.checkpoint ?? 10}% mark yet`;
+  return (
+    `${groupName(group)}: ${eta}; time bar linearity R² ${fmtR2(group.median_time_linearity)} ` +
+    `(weighted bar ${fmtR2(group.median_overall_linearity)}).`
+  );
+}
+
+/** The ETA error by checkpoint over the window's recent scans, and what it adds up to. */
+function accuracyCard() {
+  const chartBox = h("div", { class: "chart-box", id: "accuracy-chart" });
+  const summary = h("ul", { class: "accuracy-summary", id: "accuracy-summary", "aria-live": "polite" });
+  const legend = h(
+    "ul",
+    { class: "legend" },
+    h("li", {}, h("span", { class: "key key-scan" }), "one recent scan (signed: + said too long)"),
+    h("li", {}, h("span", { class: "key key-median" }), "median |error|"),
+    h("li", {}, h("span", { class: "key key-band" }), `±${WITHIN}%`),
+  );
+  const element = card(
+    "How right the ETAs were",
+    h(
+      "p",
+      { class: "hint" },
+      "The overall ETA when a scan had done 10, 25, 50, 75 and 90% of its expected time, " +
+        "against the time that really remained.",
+    ),
+    legend,
+    chartBox,
+    summary,
+  );
+  let stats = null;
+  const stopResize = onResize(chartBox, (width) => draw(width));
+
+  function draw(width = chartBox.clientWidth) {
+    if (!stats || !width) return;
+    const checkpoints = stats.groups[0]?.checkpoints.map((point) => point.checkpoint) || [];
+    if (!stats.recent.length || !checkpoints.length) {
+      legend.hidden = true;
+      chartBox.replaceChildren(
+        h(
+          "p",
+          { class: "empty" },
+          "No scan in this window has a measured ETA yet: it is recorded when a scan completes. ",
+          h("a", { href: "#/" }, "Start one"),
+          ".",
+        ),
+      );
+      return;
+    }
+    legend.hidden = false;
+    const scans = stats.recent.map((scan) => ({
+      id: scan.scan_id,
+      title: `scan ${shortId(scan.scan_id)}, ${plural(scan.universe_size, "symbol")}, ${clockTime(scan.finished_at)}`,
+      href: `#/scan/${scan.scan_id}`,
+      errors: Object.fromEntries(checkpoints.map((c) => [c, scan.error_pct[String(c)] ?? null])),
+    }));
+    const medians = stats.groups.map((group) => ({
+      name: groupName(group),
+      values: Object.fromEntries(group.checkpoints.map((p) => [p.checkpoint, p.median_abs_error_pct])),
+    }));
+    chartBox.replaceChildren(
+      errorChart(checkpoints, scans, medians, {
+        width,
+        height: width < 500 ? 220 : 260,
+        band: WITHIN,
+        title: `ETA error by checkpoint for the last ${plural(scans.length, "measured scan")}`,
+      }),
+    );
+  }
+
+  return {
+    element,
+    show(measured) {
+      stats = measured;
+      summary.replaceChildren(...measured.groups.map((group) => h("li", {}, accuracyWords(group))));
+      draw();
+    },
+    stop: stopResize,
   };
 }
 

@@ -1,4 +1,5 @@
-// SVG charts drawn by the page itself: horizontal bars and a per-stage line chart.
+// SVG charts drawn by the page itself: horizontal bars, a per-stage line chart and the ETA
+// error by checkpoint.
 // Drawn at the container's real width (and redrawn on resize by the caller) so text keeps
 // its size on a phone instead of being scaled down with a viewBox.
 
@@ -20,6 +21,32 @@ function axisLabel(seconds) {
   return fmtDuration(seconds);
 }
 
+/** An empty chart of ``width`` x ``height`` that reads as one image named ``title``. */
+function chartFrame(className, width, height, title) {
+  const chart = svg("svg", {
+    class: `chart ${className}`,
+    width,
+    height,
+    viewBox: `0 0 ${width} ${height}`,
+    role: "img",
+    "aria-label": title,
+  });
+  if (title) chart.append(svg("title", {}, title));
+  return chart;
+}
+
+/** Horizontal grid lines with their labels at the left, from ``low`` to ``high``. */
+function yGrid(low, high, step, y, left, right, label) {
+  const grid = svg("g", { class: "grid" });
+  for (let v = low; v <= high + step / 2; v += step) {
+    grid.append(
+      svg("line", { x1: left, x2: right, y1: y(v), y2: y(v) }),
+      svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, label(v)),
+    );
+  }
+  return grid;
+}
+
 /**
  * Horizontal bars, one per item: ``[{label, value, color, note}]``; ``value`` in seconds.
  * ``note`` is written after the bar (defaults to the formatted value).
@@ -33,15 +60,7 @@ export function barChart(items, { width = 600, title = "", labelWidth = 140 } = 
   const plotWidth = Math.max(60, width - labelsWidth - noteWidth - 12);
   const max = Math.max(...items.map((item) => item.value || 0), 0);
   const height = top * 2 + rowHeight * items.length;
-  const chart = svg("svg", {
-    class: "chart bar-chart",
-    width,
-    height,
-    viewBox: `0 0 ${width} ${height}`,
-    role: "img",
-    "aria-label": title,
-  });
-  if (title) chart.append(svg("title", {}, title));
+  const chart = chartFrame("bar-chart", width, height, title);
   items.forEach((item, index) => {
     const y = top + index * rowHeight;
     const length = max > 0 ? Math.max(2, (plotWidth * (item.value || 0)) / max) : 2;
@@ -80,23 +99,8 @@ export function lineChart(series, points, { width = 700, height = 260, title = "
   const { top, step } = niceScale(Math.max(...values, 0), 5);
   const x = (i) => margin.left + (points.length < 2 ? plotWidth / 2 : (plotWidth * i) / (points.length - 1));
   const y = (v) => margin.top + plotHeight - (plotHeight * v) / top;
-  const chart = svg("svg", {
-    class: "chart line-chart",
-    width,
-    height,
-    viewBox: `0 0 ${width} ${height}`,
-    role: "img",
-    "aria-label": title,
-  });
-  if (title) chart.append(svg("title", {}, title));
-  const grid = svg("g", { class: "grid" });
-  for (let v = 0; v <= top + step / 2; v += step) {
-    grid.append(
-      svg("line", { x1: margin.left, x2: margin.left + plotWidth, y1: y(v), y2: y(v) }),
-      svg("text", { x: margin.left - 6, y: y(v) + 4, "text-anchor": "end" }, axisLabel(v)),
-    );
-  }
-  chart.append(grid);
+  const chart = chartFrame("line-chart", width, height, title);
+  chart.append(yGrid(0, top, step, y, margin.left, margin.left + plotWidth, axisLabel));
   // x labels: at most ~6, evenly spread, always the first and the last
   const xAxis = svg("g", { class: "x-axis" });
   const every = Math.max(1, Math.ceil(points.length / Math.max(2, Math.floor(plotWidth / 90))));
@@ -137,6 +141,98 @@ export function lineChart(series, points, { width = 700, height = 260, title = "
       }
     });
     chart.append(group);
+  }
+  return chart;
+}
+
+function signedPercent(value) {
+  return `${value > 0 ? "+" : ""}${Number(value.toFixed(1))}%`;
+}
+
+/**
+ * The ETA error by checkpoint: x is the share of the expected time (``checkpoints``, e.g.
+ * 10..90), y the error in percent, 0 in the middle. ``scans`` = ``[{id, title, href,
+ * errors: {checkpoint: signed % | null}}]`` are drawn faint, one line each; ``medians`` =
+ * ``[{name, values: {checkpoint: % | null}}]`` bold; ``band`` (10) is the dashed ±band.
+ */
+export function errorChart(
+  checkpoints,
+  scans,
+  medians,
+  { width = 700, height = 260, title = "", band = 10 } = {},
+) {
+  const margin = { top: 14, right: 18, bottom: 38, left: 52 };
+  const plotWidth = Math.max(80, width - margin.left - margin.right);
+  const plotHeight = height - margin.top - margin.bottom;
+  const values = [
+    ...scans.flatMap((scan) => Object.values(scan.errors)),
+    ...medians.flatMap((median) => Object.values(median.values)),
+  ].filter((v) => Number.isFinite(v));
+  const { top, step } = niceScale(Math.max(band * 1.5, ...values.map(Math.abs)), 3);
+  const x = (checkpoint) => margin.left + (plotWidth * checkpoint) / 100;
+  const y = (v) => margin.top + (plotHeight * (top - v)) / (2 * top);
+  const chart = chartFrame("error-chart", width, height, title);
+  chart.append(
+    yGrid(-top, top, step, y, margin.left, margin.left + plotWidth, (v) => (v ? signedPercent(v) : "0")),
+    svg(
+      "g",
+      { class: "band" },
+      svg("title", {}, `within ±${band}%`),
+      svg("rect", { x: margin.left, y: y(band), width: plotWidth, height: y(-band) - y(band) }),
+      svg("line", { x1: margin.left, x2: margin.left + plotWidth, y1: y(band), y2: y(band) }),
+      svg("line", { x1: margin.left, x2: margin.left + plotWidth, y1: y(-band), y2: y(-band) }),
+    ),
+  );
+  const xAxis = svg("g", { class: "x-axis" });
+  for (const checkpoint of checkpoints) {
+    xAxis.append(
+      svg("text", { x: x(checkpoint), y: height - margin.bottom + 18, "text-anchor": "middle" }, `${checkpoint}%`),
+    );
+  }
+  xAxis.append(
+    svg(
+      "text",
+      { x: margin.left + plotWidth, y: height - 4, "text-anchor": "end" },
+      "share of the expected time",
+    ),
+  );
+  chart.append(xAxis);
+
+  function line(className, points, describe, href) {
+    const group = svg("g", { class: className });
+    const shown = checkpoints.filter((c) => Number.isFinite(points[c]));
+    group.append(
+      svg("path", {
+        class: "line",
+        d: shown.map((c, i) => `${i ? "L" : "M"}${x(c).toFixed(1)},${y(points[c]).toFixed(1)}`).join(""),
+      }),
+    );
+    for (const checkpoint of shown) {
+      const dot = svg(
+        "circle",
+        { cx: x(checkpoint), cy: y(points[checkpoint]), r: 3.5, class: "dot" },
+        svg("title", {}, describe(checkpoint, points[checkpoint])),
+      );
+      if (href) group.append(svg("a", { href }, dot));
+      else group.append(dot);
+    }
+    return group;
+  }
+
+  for (const scan of scans) {
+    const group = line(
+      "scan-errors",
+      scan.errors,
+      (c, v) => `${scan.title}: ETA ${signedPercent(v)} at ${c}%`,
+      scan.href,
+    );
+    group.dataset.scan = scan.id;
+    chart.append(group);
+  }
+  for (const median of medians) {
+    chart.append(
+      line("median-errors", median.values, (c, v) => `${median.name}: median |error| ${Number(v.toFixed(1))}% at ${c}%`),
+    );
   }
   return chart;
 }
