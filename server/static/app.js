@@ -864,7 +864,7 @@ function throughputText(snapshot) {
     const current = STAGE_BY_KEY[snapshot.current_stage];
     const unit = stages[snapshot.current_stage]?.unit || current?.unit;
     if (unit === "symbols") rate = snapshot.stage_throughput;
-    else rate = stages.symbol_scanning?.throughput; // steps or requests, not symbols
+    else rate = stages.symbol_scanning?.throughput; // requests, not symbols
   }
   return rate ? `${fmtRate(rate).replace("/s", "")} symbols/s` : "–";
 }

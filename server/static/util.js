@@ -4,7 +4,7 @@ export const STAGES = [
   { key: "universe_loading", label: "Universe Loading", unit: "symbols", color: "var(--stage-1)" },
   { key: "data_fetching", label: "Data Fetching", unit: "symbols", color: "var(--stage-2)" },
   { key: "symbol_scanning", label: "Symbol Scanning", unit: "symbols", color: "var(--stage-3)" },
-  { key: "finalization", label: "Finalization", unit: "steps", color: "var(--stage-4)" },
+  { key: "finalization", label: "Finalization", unit: "symbols", color: "var(--stage-4)" },
 ];
 export const STAGE_BY_KEY = Object.fromEntries(STAGES.map((s) => [s.key, s]));
 export const TERMINAL = new Set(["completed", "failed", "cancelled", "interrupted"]);
