@@ -1,18 +1,24 @@
 """What a scan's time will be, learned from past scans, and how right the estimate was.
 
-Priors. A stage's duration is modelled as ``fixed_s + per_unit_s * units``: the fixed part is
-what a stage pays whatever its size (starting workers, opening the block, a first request's
-round trip), the per-unit part what each symbol or request costs. Both come from the last
-scans of the same *kind* (``scan_kind``: the provider, and for a network provider its rate
-limit, because a request under 5 a minute and one under 100 a second are different units of
-time). The rule is chosen to be explainable and robust, not clever:
+Priors. A stage's duration is modelled as ``fixed_s + per_unit_s * units + tail_s``: the fixed
+part is what a stage pays before its units whatever its size (starting workers, a first
+request's round trip), the per-unit part what each symbol or request costs, and the tail
+what it still does once every unit is counted (writing the fetched block to disk, building
+it from a bar store). The tail is kept apart because it comes *after* the last unit: a
+stage whose units are all done but which is still running has that much left, which no
+extrapolation of its rate can see. All three come from the last scans of the same *kind*
+(``scan_kind``: the provider, and for a network provider its rate limit, because a request
+under 5 a minute and one under 100 a second are different units of time). The rule is
+chosen to be explainable and robust, not clever:
 
+- ``tail_s`` is the recency-weighted *median* of the measured tails;
 - ``fixed_s`` is the intercept of a recency-weighted least-squares line through
-  (units, seconds) when the past scans' sizes differ by at least a factor of two (otherwise a
-  line through them says nothing about the intercept, and the measured default is kept);
-- ``per_unit_s`` is the recency-weighted *median* of ``(seconds - fixed_s) / units``, so one
-  odd scan (the first one on a cold cache, a machine busy with something else) does not drag
-  the estimate: from the third scan of a kind on, the usual case wins.
+  (units, seconds without the tail) when the past scans' sizes differ by at least a factor
+  of two (otherwise a line through them says nothing about the intercept, and the measured
+  default is kept);
+- ``per_unit_s`` is the recency-weighted *median* of ``(seconds - tail_s - fixed_s) / units``,
+  so one odd scan (the first one on a cold cache, a machine busy with something else) does
+  not drag the estimate: from the third scan of a kind on, the usual case wins.
 
 Each step back in history weighs ``RECENCY_DECAY`` times the one after it, so the priors
 follow a machine that got faster or slower within a few scans.
@@ -45,19 +51,20 @@ FIT_SIZE_RATIO = 2.0
 
 @dataclass(frozen=True)
 class StagePrior:
-    """A stage's expected seconds: ``fixed_s + per_unit_s * units``."""
+    """A stage's expected seconds: ``fixed_s + per_unit_s * units + tail_s``."""
 
     fixed_s: float
     per_unit_s: float
+    tail_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("fixed_s", "per_unit_s"):
+        for name in ("fixed_s", "per_unit_s", "tail_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
 
     def seconds(self, units: float) -> float:
-        return self.fixed_s + self.per_unit_s * max(units, 0.0)
+        return self.fixed_s + self.per_unit_s * max(units, 0.0) + self.tail_s
 
 
 Priors = Mapping[str, StagePrior]
@@ -102,31 +109,34 @@ def scan_kind(provider: str, requests_per_minute: int | None = None) -> str:
 
 
 def fit_stage_prior(
-    history: Sequence[tuple[float, float]], default: StagePrior | None = None
+    history: Sequence[tuple[float, float, float | None]], default: StagePrior | None = None
 ) -> StagePrior | None:
-    """A stage's prior from ``(units, seconds)`` of past runs, newest first (module docstring).
+    """A stage's prior from ``(units, seconds, tail seconds)`` of past runs, newest first
+    (module docstring); a run that measured no tail counts as none.
 
     Runs with no units teach nothing about a per-unit cost and are ignored. Without usable
     history the ``default`` is returned.
     """
     points = [
-        (float(units), float(seconds))
-        for units, seconds in history
+        (float(units), float(seconds), float(tail or 0.0))
+        for units, seconds, tail in history
         if units > 0 and seconds >= 0 and math.isfinite(units) and math.isfinite(seconds)
     ]
     if not points:
         return default
     weights = [RECENCY_DECAY**age for age in range(len(points))]
-    sizes = [units for units, _ in points]
+    tail_s = _weighted_median([min(tail, seconds) for _, seconds, tail in points], weights)
+    body = [(units, max(seconds - tail_s, 0.0)) for units, seconds, _ in points]
+    sizes = [units for units, _ in body]
     fixed_s = default.fixed_s if default is not None else 0.0
-    if len(points) >= 3 and max(sizes) >= FIT_SIZE_RATIO * min(sizes):
-        fixed_s = _intercept(points, weights)
-    per_unit = [max(seconds - fixed_s, 0.0) / units for units, seconds in points]
-    return StagePrior(fixed_s, _weighted_median(per_unit, weights))
+    if len(body) >= 3 and max(sizes) >= FIT_SIZE_RATIO * min(sizes):
+        fixed_s = _intercept(body, weights)
+    per_unit = [max(seconds - fixed_s, 0.0) / units for units, seconds in body]
+    return StagePrior(fixed_s, _weighted_median(per_unit, weights), tail_s)
 
 
 def fit_priors(
-    history: Mapping[str, Sequence[tuple[float, float]]], provider: str
+    history: Mapping[str, Sequence[tuple[float, float, float | None]]], provider: str
 ) -> dict[str, StagePrior]:
     """Priors for every stage: fitted from ``history`` where a stage has some, else measured
     defaults for the provider (a provider without defaults gets only what history gives)."""

@@ -110,6 +110,8 @@ class _Stage:
     # it excludes what the stage pays before its first unit (starting workers, a first request)
     first_unit_at: float | None = None
     first_units: float = 0.0
+    # when every unit was counted: what the stage does after it is its tail (engine.eta)
+    units_done_at: float | None = None
     # the units the stage is expected to have before its total is known (``expect``)
     expected: float | None = None
     unit: str = "units"
@@ -118,6 +120,13 @@ class _Stage:
         if self.started_at is None:
             return 0.0
         return (self.finished_at if self.finished_at is not None else now) - self.started_at
+
+    def tail(self) -> float | None:
+        """Seconds a finished stage ran after its last unit (None: not finished, or its
+        units never all counted)."""
+        if self.finished_at is None or self.units_done_at is None:
+            return None
+        return self.finished_at - self.units_done_at
 
 
 @dataclass
@@ -213,8 +222,8 @@ class MultiStageProgressTracker:
         record = self._stage(stage)
         if total is not None:
             self.set_total(stage, total)
+        record.started_at = self._boundary(self.clock())
         record.status = "running"
-        record.started_at = self.clock()
         self._current = stage
         self._message = message or f"Starting {stage}"
         log.info("Starting stage: %s", stage)
@@ -234,6 +243,8 @@ class MultiStageProgressTracker:
             record.first_unit_at = self.clock()
             record.first_units = float(current)
         record.current = max(record.current, float(current))
+        if record.total and record.units_done_at is None and record.current >= record.total:
+            record.units_done_at = self.clock()
         if record.total:
             fraction = min(record.current / record.total, 1.0)
             record.percent = max(record.percent, 100.0 * fraction)
@@ -258,7 +269,8 @@ class MultiStageProgressTracker:
         record.status = "skipped"
         record.percent = 100.0
         now = self.clock()
-        record.started_at = record.started_at if record.started_at is not None else now
+        if record.started_at is None:
+            record.started_at = self._boundary(now)
         record.finished_at = now
         self._message = message or f"Skipped {stage}"
         self._emit(force=True)
@@ -348,6 +360,7 @@ class MultiStageProgressTracker:
                 "throughput": throughput,
                 "eta": remaining,
                 "unit": record.unit,
+                "tail": record.tail(),
             }
         overall_eta = self._overall_eta(estimates, now)
         time_progress = self.time_progress
@@ -376,6 +389,18 @@ class MultiStageProgressTracker:
         }
 
     # -- internals -------------------------------------------------------------------------
+
+    def _boundary(self, now: float) -> float:
+        """Where a stage starting now begins: where the previous one ended (or the scan
+        started), so the stages tile the scan and their durations add up to its time; the
+        work between two stages (opening the block to scan) belongs to the one it prepares.
+        A stage started beside a running one begins now."""
+        if any(record.status == "running" for record in self._stages.values()):
+            return now
+        ends = [r.finished_at for r in self._stages.values() if r.finished_at is not None]
+        if ends:
+            return max(ends)
+        return self._started_mono if self._started_mono is not None else now
 
     def _stage(self, stage: str) -> _Stage:
         try:
@@ -424,10 +449,16 @@ class MultiStageProgressTracker:
         return max(seconds, (pace or 0.0) * units)
 
     def _observed_seconds(self, record: _Stage, pace: float | None, now: float) -> float | None:
-        """A running stage's total seconds extrapolated from its own units so far."""
+        """A running stage's total seconds extrapolated from its own units so far, plus the
+        tail its prior expects after the last unit (all of it while units remain; what is
+        left of it once they are all counted)."""
         if not record.total or (record.current <= 0 and pace is None):
             return None
         elapsed = record.elapsed(now)
+        prior = self.priors.get(record.name)
+        tail = prior.tail_s if prior is not None else 0.0
+        if record.units_done_at is not None:
+            return elapsed + max(tail - (now - record.units_done_at), 0.0)
         left = max(record.total - record.current, 0.0)
         after_first = record.current - record.first_units
         if after_first > 0 and record.first_unit_at is not None:
@@ -439,7 +470,7 @@ class MultiStageProgressTracker:
             per_unit = 0.0
         if pace is not None:
             per_unit = max(per_unit, pace)
-        return elapsed + left * per_unit
+        return elapsed + left * per_unit + tail
 
     def _remaining(self, record: _Stage, estimate: float | None, now: float) -> float | None:
         if record.finished_at is not None:

@@ -200,6 +200,9 @@ def run_scan(
         tracker.finish("failed", f"Scan failed: {error}", error=str(error))
         raise
     counts.update(cache)
+    # finalisation ends when the scan's block is let go, so no second of the scan is
+    # outside a stage (the tracker learns all of it)
+    tracker.complete_stage("finalization")
     metrics = _metrics(tracker, started, counts["symbols_scanned"], len(failures), counts)
     tracker.finish("completed", f"Scan complete: {len(rows)} candidates")
     metrics["stage_timings"] = tracker.stage_durations()
@@ -499,7 +502,6 @@ def _finalize(
     universe = selection.universe
     rows = _rows(universe, block.dates, symbols, last_rows, values, order)
     step_done(4, f"{len(rows)} candidates")
-    tracker.complete_stage(stage)
     failure_rows = [{"symbol": s, "reason": failures[s]} for s in sorted(failures)]
     counts = {
         "universe_size": len(universe),

@@ -6,6 +6,13 @@
 -- here is needed to run a scan, so every new scans column is nullable and without a default
 -- (adding them is a catalogue change, not a rewrite of the table).
 
+-- Seconds a stage ran after its last unit was counted (writing the fetched block to disk,
+-- building it from a bar store): its own part of the stage's prior, because no rate of units
+-- predicts it (engine/eta.py).
+ALTER TABLE stage_timings
+    ADD COLUMN tail_s double precision
+        CONSTRAINT stage_timings_tail_s_within CHECK (tail_s >= 0 AND tail_s <= duration_s);
+
 ALTER TABLE scans
     -- scan_kind(): the provider, then '@' and the rate limit for a network provider
     -- (polygon@300/min). Set only on completed scans; the part before any '@' is always the

@@ -387,6 +387,7 @@ class JobManager:
                         units_done=int(detail["current"]),
                         units_total=total,
                         duration_s=detail["duration"],
+                        tail_s=detail.get("tail"),
                     ),
                 )
 

@@ -163,12 +163,18 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "eta": _or_null(NUMBER),
                 "unit": {
                     "type": "string",
-                    "description": "What `current` and `total` count: symbols, steps, or "
+                    "description": "What `current` and `total` count: symbols, or "
                     "requests (data_fetching of a network provider). Absent from a snapshot "
                     "rebuilt from storage.",
                 },
+                "tail": {
+                    **_or_null(NUMBER),
+                    "description": "Seconds the finished stage ran after its last unit was "
+                    "counted (writing the fetched block, say); null while it runs or when its "
+                    "units never all counted. Learned per kind, so the ETA expects it.",
+                },
             },
-            optional=("unit",),
+            optional=("unit", "tail"),
         ),
         "Progress": _object(
             {

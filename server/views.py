@@ -47,6 +47,7 @@ def progress_from_record(scan: Scan) -> dict[str, Any]:
             "duration": timing.duration_s if timing else None,
             "throughput": timing.throughput if timing else None,
             "eta": 0.0 if done else None,
+            "tail": timing.tail_s if timing else None,
         }
     current = next((n for n in reversed(list(stages)) if stages[n]["status"] != "pending"), None)
     overall = sum(s["weight"] * s["progress"] for s in stages.values())

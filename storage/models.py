@@ -67,6 +67,8 @@ class StageTiming:
     units_done: int | None
     units_total: int | None
     throughput: float | None
+    # seconds the stage ran after its last unit (engine/eta.py); None when not measured
+    tail_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

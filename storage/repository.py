@@ -108,7 +108,7 @@ _SCAN_COLUMNS: Final = (
 )
 _STAGE_COLUMNS: Final = (
     "scan_id, stage, status, started_at, finished_at, duration_s, units_done, units_total,"
-    " throughput"
+    " throughput, tail_s"
 )
 
 
@@ -124,7 +124,7 @@ ETA_HISTORY_SQL: Final = """
         ORDER BY finished_at DESC, id DESC
         LIMIT $2
     )
-    SELECT t.stage, t.units_done, t.duration_s
+    SELECT t.stage, t.units_done, t.duration_s, t.tail_s
     FROM recent r JOIN stage_timings t ON t.scan_id = r.id
     WHERE t.status = 'completed' AND t.units_done IS NOT NULL
     ORDER BY r.finished_at DESC, r.id DESC
@@ -537,10 +537,12 @@ class Repository:
         units_total: int | None = None,
         finished_at: datetime | None = None,
         duration_s: float | None = None,
+        tail_s: float | None = None,
     ) -> StageTiming:
         """Record a stage's end: completed or failed after running, or skipped.
 
         A skipped stage keeps no duration, so it never counts in the history statistics.
+        ``tail_s`` is how long it ran after its last unit (engine/eta.py), at most its duration.
 
         ``duration_s`` defaults to finished_at - started_at; pass the caller's monotonic
         measurement when there is one, wall clocks jump. Throughput is units_done/duration_s.
@@ -554,6 +556,8 @@ class Repository:
         end = None if finished_at is None else _aware("finished_at", finished_at)
         if duration_s is not None and not (_is_number(duration_s) and duration_s >= 0):
             raise InvalidInput("duration_s", "must be a finite number >= 0")
+        if tail_s is not None and not (_is_number(tail_s) and tail_s >= 0):
+            raise InvalidInput("tail_s", "must be a finite number >= 0")
         async with self._pool.acquire() as conn, conn.transaction():
             row = await _lock_stage(conn, uuid, stage, status)
             end = end or row["now"]
@@ -567,11 +571,12 @@ class Repository:
                 seconds = None
             done = done if done is not None else row["units_done"]
             rate = done / seconds if done is not None and seconds else None
+            tail = None if tail_s is None or seconds is None else min(float(tail_s), seconds)
             record = await conn.fetchrow(
                 f"""
                 UPDATE stage_timings SET
-                    status = $3, finished_at = $4, duration_s = $5,
-                    units_done = $6, units_total = coalesce($7, units_total), throughput = $8
+                    status = $3, finished_at = $4, duration_s = $5, units_done = $6,
+                    units_total = coalesce($7, units_total), throughput = $8, tail_s = $9
                 WHERE scan_id = $1 AND stage = $2
                 RETURNING {_STAGE_COLUMNS}
                 """,
@@ -583,6 +588,7 @@ class Repository:
                 done,
                 total,
                 rate,
+                tail,
             )
             await _touch(conn, uuid)
         return _stage(record)
@@ -958,8 +964,8 @@ class Repository:
     @db_call("ETA history")
     async def eta_history(
         self, kind: str, last_n: int = HISTORY_SCANS
-    ) -> dict[str, list[tuple[int, float]]]:
-        """Per stage, ``(units_done, duration_s)`` of the completed runs of the last
+    ) -> dict[str, list[tuple[int, float, float | None]]]:
+        """Per stage, ``(units_done, duration_s, tail_s)`` of the completed runs of the last
         ``last_n`` completed scans of ``kind`` (newest finished first): what
         ``eta.fit_priors`` learns from. A stage with no completed run in them is absent.
         """
@@ -967,10 +973,10 @@ class Repository:
         if not (_is_int(last_n) and 1 <= last_n <= MAX_PAGE_SIZE):
             raise InvalidInput("last_n", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
         records = await self._pool.fetch(ETA_HISTORY_SQL, kind_text, last_n)
-        history: dict[str, list[tuple[int, float]]] = {}
+        history: dict[str, list[tuple[int, float, float | None]]] = {}
         for record in records:
             history.setdefault(record["stage"], []).append(
-                (record["units_done"], record["duration_s"])
+                (record["units_done"], record["duration_s"], record["tail_s"])
             )
         return {stage: history[stage] for stage in STAGES if stage in history}
 
@@ -1437,6 +1443,7 @@ def _stage(record: asyncpg.Record) -> StageTiming:
         units_done=record["units_done"],
         units_total=record["units_total"],
         throughput=record["throughput"],
+        tail_s=record["tail_s"],
     )
 
 

@@ -20,7 +20,9 @@ def test_one_cold_scan_among_warm_ones_does_not_move_the_per_unit_cost() -> None
     """From the third scan of a kind on, the usual cost wins: the oldest run (a cold cache,
     10x slower) is outweighed by two warm ones."""
     warm, cold = 500 * 0.002, 500 * 0.02
-    prior = fit_stage_prior([(500, warm), (500, warm), (500, cold)], StagePrior(0.0, 1.0))
+    prior = fit_stage_prior(
+        [(500, warm, None), (500, warm, None), (500, cold, None)], StagePrior(0.0, 1.0)
+    )
     assert prior is not None
     assert prior.fixed_s == 0.0
     assert prior.per_unit_s == pytest.approx(0.002)
@@ -28,15 +30,15 @@ def test_one_cold_scan_among_warm_ones_does_not_move_the_per_unit_cost() -> None
 
 def test_the_newest_run_weighs_most() -> None:
     """Two runs disagree: the median by weight is the newer one's."""
-    prior = fit_stage_prior([(100, 3.0), (100, 1.0)], None)
+    prior = fit_stage_prior([(100, 3.0, None), (100, 1.0, None)], None)
     assert prior is not None and prior.per_unit_s == pytest.approx(0.03)
-    older_first = fit_stage_prior([(100, 1.0), (100, 3.0)], None)
+    older_first = fit_stage_prior([(100, 1.0, None), (100, 3.0, None)], None)
     assert older_first is not None and older_first.per_unit_s == pytest.approx(0.01)
 
 
 def test_sizes_that_differ_give_the_fixed_cost_as_the_line_intercept() -> None:
     """seconds = 0.5 + 0.001 x units, at three sizes: both parts are recovered."""
-    history = [(units, 0.5 + 0.001 * units) for units in (1000, 10_000, 100_000, 5000)]
+    history = [(units, 0.5 + 0.001 * units, 0.0) for units in (1000, 10_000, 100_000, 5000)]
     prior = fit_stage_prior(history, StagePrior(0.0, 0.0))
     assert prior is not None
     assert prior.fixed_s == pytest.approx(0.5)
@@ -45,22 +47,33 @@ def test_sizes_that_differ_give_the_fixed_cost_as_the_line_intercept() -> None:
 
 
 def test_sizes_too_alike_keep_the_default_fixed_cost() -> None:
-    history = [(1000, 2.5), (1100, 2.6), (1050, 2.55)]
+    history = [(1000, 2.5, None), (1100, 2.6, None), (1050, 2.55, None)]
     prior = fit_stage_prior(history, StagePrior(0.5, 9.9))
     assert prior is not None
     assert prior.fixed_s == 0.5
     assert prior.per_unit_s == pytest.approx((2.55 - 0.5) / 1050)
 
 
+def test_the_tail_after_the_last_unit_is_learned_apart() -> None:
+    """Writing a fetched block takes 2 s after the last symbol, whatever else varies: the
+    tail is its own median, and the per-unit cost is what is left."""
+    history = [(1000, 5.0, 2.0), (1000, 5.0, 2.1), (1000, 9.0, 1.0)]
+    prior = fit_stage_prior(history, StagePrior(0.0, 0.0))
+    assert prior is not None
+    assert prior.tail_s == pytest.approx(2.0)
+    assert prior.per_unit_s == pytest.approx(0.003)
+    assert prior.seconds(1000) == pytest.approx(5.0)
+
+
 def test_runs_without_units_teach_nothing_and_no_history_keeps_the_default() -> None:
     default = StagePrior(0.1, 0.01)
     assert fit_stage_prior([], default) is default
-    assert fit_stage_prior([(0, 5.0), (10, math.nan)], default) is default
+    assert fit_stage_prior([(0, 5.0, None), (10, math.nan, None)], default) is default
     assert fit_stage_prior([], None) is None
 
 
 def test_fit_priors_covers_every_stage_of_the_provider() -> None:
-    priors = fit_priors({"symbol_scanning": [(1000, 1.15)]}, "sample")
+    priors = fit_priors({"symbol_scanning": [(1000, 1.15, None)]}, "sample")
     assert set(priors) == set(DEFAULT_PRIORS["sample"])
     assert priors["universe_loading"] == DEFAULT_PRIORS["sample"]["universe_loading"]
     fixed = DEFAULT_PRIORS["sample"]["symbol_scanning"].fixed_s
@@ -80,11 +93,14 @@ def test_kind_separates_rate_limits_of_a_network_provider() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fixed_s", "per_unit_s"), [(-1.0, 0.0), (0.0, -0.1), (math.inf, 0.0), (0.0, math.nan)]
+    ("fixed_s", "per_unit_s", "tail_s"),
+    [(-1.0, 0.0, 0.0), (0.0, -0.1, 0.0), (math.inf, 0.0, 0.0), (0.0, math.nan, 0.0), (0, 0, -1)],
 )
-def test_a_prior_must_be_finite_and_not_negative(fixed_s: float, per_unit_s: float) -> None:
+def test_a_prior_must_be_finite_and_not_negative(
+    fixed_s: float, per_unit_s: float, tail_s: float
+) -> None:
     with pytest.raises(ValueError, match="must be a finite number >= 0"):
-        StagePrior(fixed_s, per_unit_s)
+        StagePrior(fixed_s, per_unit_s, tail_s)
 
 
 def test_trace_of_a_perfect_bar_is_linear_and_of_a_late_jump_is_not() -> None:

@@ -410,3 +410,43 @@ def test_expected_units_give_a_pending_stage_an_eta_before_its_total_is_known() 
     assert tracker.snapshot()["overall_eta"] == pytest.approx(1 + 11)
     tracker.set_total("b", 1000)  # the real total replaces the expectation
     assert tracker.snapshot()["overall_eta"] == pytest.approx(1 + 21)
+
+
+def test_stages_tile_the_scan_so_their_durations_add_up_to_its_time() -> None:
+    """Work between two stages (opening the block before scanning) belongs to the stage it
+    prepares: no second of the scan is outside every stage, where no prior could learn it."""
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("a", 0.5), ("b", 0.5)))
+    tracker.start()
+    clock.now += 0.5  # before the first stage
+    tracker.start_stage("a", total=1)
+    clock.now += 1
+    tracker.update("a", 1)
+    tracker.complete_stage("a")
+    clock.now += 2  # between the stages
+    tracker.start_stage("b", total=1)
+    clock.now += 1
+    tracker.update("b", 1)
+    tracker.complete_stage("b")
+    tracker.finish("completed")
+    assert tracker.stage_durations() == {"a": 1.5, "b": 3.0}
+    assert sum(tracker.stage_durations().values()) == tracker.snapshot()["elapsed_seconds"]
+
+
+def test_a_stage_still_running_after_its_last_unit_is_given_its_learned_tail() -> None:
+    """Fetching counts 100 symbols in 4 s, then writes the block for 2 s: the prior's tail
+    keeps the ETA honest after the last symbol, and the snapshot reports the tail."""
+    clock, emitted = FakeClock(), []
+    prior = StagePrior(0.0, 0.04, tail_s=2.0)
+    tracker = make(clock, emitted, stages=(("fetch", 1.0),), priors={"fetch": prior})
+    tracker.start_stage("fetch", total=100)
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(6.0)
+    for _ in range(4):
+        clock.now += 1
+        tracker.advance("fetch", 25)
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(2.0)
+    clock.now += 0.5
+    assert tracker.snapshot()["overall_eta"] == pytest.approx(1.5)
+    clock.now += 1.5
+    tracker.complete_stage("fetch")
+    assert tracker.snapshot()["stages"]["fetch"]["tail"] == pytest.approx(2.0)

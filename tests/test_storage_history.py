@@ -425,12 +425,14 @@ async def test_eta_history_is_the_last_completed_scans_of_the_kind(
             await repo.record_accuracy(scan["id"], accuracy_with({10: 1.0}), kind=kind,
                                        cache_hit_ratio=None)  # fmt: skip
 
-    def want(scans: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    def want(scans: list[dict]) -> dict[str, list[tuple[int, float, float | None]]]:
         newest_first = sorted(scans, key=lambda s: s["finished_at"], reverse=True)
-        out: dict[str, list[tuple[int, float]]] = {}
+        out: dict[str, list[tuple[int, float, float | None]]] = {}
         for stage in STAGES:
             runs = [s["stages"][stage] for s in newest_first]
-            used = [(u, d) for status, d, u in runs if status == "completed" and u is not None]
+            used = [
+                (u, d, None) for status, d, u in runs if status == "completed" and u is not None
+            ]
             if used:
                 out[stage] = used
         return out

@@ -303,9 +303,10 @@ async def test_stage_timing_figures(module_repository: Repository) -> None:
 
     await repo.start_stage(scan.id, "symbol_scanning", started_at=t0)
     measured = await repo.finish_stage(
-        scan.id, "symbol_scanning", units_done=390, duration_s=2.5, finished_at=t0
+        scan.id, "symbol_scanning", units_done=390, duration_s=2.5, finished_at=t0, tail_s=0.5
     )
     assert measured.duration_s == 2.5 and measured.throughput == 156.0
+    assert measured.tail_s == 0.5 and timed.tail_s is None
 
     skipped = await repo.finish_stage(scan.id, "finalization", status="skipped")
     assert skipped.duration_s is None and skipped.throughput is None
@@ -333,6 +334,12 @@ async def test_stage_input_checks(module_repository: Repository) -> None:
         await repo.finish_stage(scan.id, "universe_loading", duration_s=math.nan)
     with pytest.raises(InvalidInput, match="units_done"):
         await repo.finish_stage(scan.id, "universe_loading", units_done=-5)
+    for tail in (-0.1, math.inf, "2"):
+        with pytest.raises(InvalidInput, match="tail_s"):
+            await repo.finish_stage(scan.id, "universe_loading", tail_s=tail)  # type: ignore[arg-type]
+    # a tail longer than the stage (clocks of two measurements) is cut to the stage
+    clipped = await repo.finish_stage(scan.id, "universe_loading", duration_s=1.0, tail_s=3.0)
+    assert clipped.tail_s == 1.0
 
 
 # -------------------------------------------------------------------------- results
