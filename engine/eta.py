@@ -74,28 +74,28 @@ Priors = Mapping[str, StagePrior]
 # on top of these.
 DEFAULT_PRIORS: dict[str, dict[str, StagePrior]] = {
     "sample": {
-        "universe_loading": StagePrior(0.0026, 0.0),
-        "data_fetching": StagePrior(0.0, 0.00011),
-        "symbol_scanning": StagePrior(0.0, 0.00017),
-        "finalization": StagePrior(0.00082, 8.6e-06),
+        "universe_loading": StagePrior(0.0029, 0.0),
+        "data_fetching": StagePrior(0.0, 0.0001),
+        "symbol_scanning": StagePrior(0.011, 8.1e-05),
+        "finalization": StagePrior(0.0018, 7.9e-06),
     },
     "csv": {
-        "universe_loading": StagePrior(0.0026, 0.0),
-        "data_fetching": StagePrior(0.0, 0.00011),
-        "symbol_scanning": StagePrior(0.0, 0.00017),
-        "finalization": StagePrior(0.00082, 8.6e-06),
+        "universe_loading": StagePrior(0.0029, 0.0),
+        "data_fetching": StagePrior(0.0, 0.0001),
+        "symbol_scanning": StagePrior(0.011, 8.1e-05),
+        "finalization": StagePrior(0.0018, 7.9e-06),
     },
     "synthetic": {
-        "universe_loading": StagePrior(0.0, 2.5e-06),
-        "data_fetching": StagePrior(0.0, 0.00016),
-        "symbol_scanning": StagePrior(0.0, 2.4e-05),
-        "finalization": StagePrior(0.0, 9.1e-06),
+        "universe_loading": StagePrior(0.0, 1.4e-06),
+        "data_fetching": StagePrior(0.0, 8.4e-05),
+        "symbol_scanning": StagePrior(0.022, 1e-05),
+        "finalization": StagePrior(0.0, 5.9e-06),
     },
     "polygon": {
-        "universe_loading": StagePrior(0.0026, 0.0),
+        "universe_loading": StagePrior(0.0029, 0.0),
         "data_fetching": StagePrior(0.05, 0.0),
-        "symbol_scanning": StagePrior(0.0, 0.00017),
-        "finalization": StagePrior(0.00082, 8.6e-06),
+        "symbol_scanning": StagePrior(0.011, 8.1e-05),
+        "finalization": StagePrior(0.0018, 7.9e-06),
     },
 }
 
