@@ -34,12 +34,14 @@ sleeps, never touches a socket, and reads time only through the injected clocks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from technic.engine.eta import (
     CHECKPOINTS,
@@ -94,6 +96,22 @@ def format_eta(seconds: float | None) -> str | None:
         return f"{whole // 60}m {whole % 60}s"
     minutes = math.floor(whole / 60 + 0.5)
     return f"{minutes // 60}h {minutes % 60}m"
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _synchronized(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run under the tracker's lock: the scan's thread updates it while a heartbeat thread
+    (``tick``) and readers look at it."""
+
+    @functools.wraps(method)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return locked
 
 
 @dataclass
@@ -178,9 +196,11 @@ class MultiStageProgressTracker:
         self._checkpoints: list[tuple[int, float, float]] = []
         self._time_trace = ProgressTrace()
         self._overall_trace = ProgressTrace()
+        self._lock = threading.RLock()
 
     # -- updates ---------------------------------------------------------------------------
 
+    @_synchronized
     def start(self, message: str = "Scan started") -> None:
         """Mark the scan running; the elapsed clock starts here."""
         self._started_mono = self.clock()
@@ -189,6 +209,7 @@ class MultiStageProgressTracker:
         self._message = message
         self._emit(force=True)
 
+    @_synchronized
     def set_total(self, stage: str, total: float, *, unit: str | None = None) -> None:
         """Declare how many units a stage has (may be called before the stage starts),
         and what a unit is when it is not the stage's usual one."""
@@ -199,6 +220,7 @@ class MultiStageProgressTracker:
         if unit is not None:
             record.unit = unit
 
+    @_synchronized
     def expect(self, stage: str, units: float) -> None:
         """How many units a stage will probably have, before ``set_total`` knows: the ETA of
         a stage whose total is not known yet is then its prior for that many units."""
@@ -206,6 +228,7 @@ class MultiStageProgressTracker:
             raise ValueError(f"units: must be a finite number >= 0, got {units}")
         self._stage(stage).expected = float(units)
 
+    @_synchronized
     def set_pace(self, stage: str, seconds_per_unit: float) -> None:
         """A stage's seconds per unit known in advance (a rate limit): its ETA never
         assumes a faster pace, whatever the first few units took."""
@@ -216,6 +239,7 @@ class MultiStageProgressTracker:
         self._stage(stage)
         self._paces[stage] = float(seconds_per_unit)
 
+    @_synchronized
     def start_stage(self, stage: str, total: float | None = None, message: str = "") -> None:
         if self._started_mono is None:
             self.start()
@@ -229,11 +253,13 @@ class MultiStageProgressTracker:
         log.info("Starting stage: %s", stage)
         self._emit(force=True)
 
+    @_synchronized
     def advance(self, stage: str, units: float = 1.0, message: str | None = None) -> None:
         """Count ``units`` more done in a running stage."""
         record = self._stage(stage)
         self.update(stage, record.current + units, message)
 
+    @_synchronized
     def update(self, stage: str, current: float, message: str | None = None) -> None:
         """Set the units done so far in a running stage."""
         record = self._stage(stage)
@@ -252,6 +278,7 @@ class MultiStageProgressTracker:
             self._message = message
         self._emit(force=False)
 
+    @_synchronized
     def complete_stage(self, stage: str, message: str = "") -> None:
         record = self._stage(stage)
         record.status = "completed"
@@ -263,6 +290,7 @@ class MultiStageProgressTracker:
         log.info("Completed stage: %s (%.1fs)", stage, record.elapsed(record.finished_at))
         self._emit(force=True)
 
+    @_synchronized
     def skip_stage(self, stage: str, message: str = "") -> None:
         """A stage with nothing to do counts as done, so the overall bar still reaches 100."""
         record = self._stage(stage)
@@ -275,6 +303,15 @@ class MultiStageProgressTracker:
         self._message = message or f"Skipped {stage}"
         self._emit(force=True)
 
+    @_synchronized
+    def tick(self) -> None:
+        """Send a snapshot if none went out for ``min_interval_s``: called by a heartbeat
+        while a stage works without counting units (writing a block), so elapsed time, ETA
+        and ``time_progress`` keep moving for watchers instead of freezing."""
+        if self._status == "running":
+            self._emit(force=False)
+
+    @_synchronized
     def finish(self, status: ScanStatus, message: str = "", error: str | None = None) -> None:
         """End the scan. A failed scan marks its running stage failed; the state is final."""
         if status not in TERMINAL_STATUSES:
@@ -304,17 +341,10 @@ class MultiStageProgressTracker:
     @property
     def time_progress(self) -> float:
         """Percent of the expected total time done (module docstring); never goes back."""
-        if self._status == "completed":
-            self._time_progress = 100.0
-        elif self._status == "running" and self._started_mono is not None:
-            now = self.clock()
-            eta = self._overall_eta(self._stage_estimates(now), now)
-            elapsed = now - self._started_mono
-            if eta is not None and elapsed + eta > 0:
-                done = min(100.0 * elapsed / (elapsed + eta), TIME_PROGRESS_CAP)
-                self._time_progress = max(self._time_progress, done)
-        return self._time_progress
+        with self._lock:
+            return self._progress_in_time(self.clock())[0]
 
+    @_synchronized
     def accuracy(self) -> ScanAccuracy | None:
         """How right this scan's ETAs were and how steady its bars: only a completed scan
         knows the time that actually remained, so any other says None."""
@@ -333,6 +363,7 @@ class MultiStageProgressTracker:
             overall_stall_s=self._overall_trace.longest_stall_s,
         )
 
+    @_synchronized
     def stage_durations(self) -> dict[str, float]:
         """Seconds per finished stage, in stage order."""
         return {
@@ -341,6 +372,7 @@ class MultiStageProgressTracker:
             if record.finished_at is not None
         }
 
+    @_synchronized
     def snapshot(self) -> Snapshot:
         """The seed's progress JSON plus seq, elapsed_seconds, timestamps and stage detail."""
         now = self.clock()
@@ -389,6 +421,20 @@ class MultiStageProgressTracker:
         }
 
     # -- internals -------------------------------------------------------------------------
+
+    def _progress_in_time(self, now: float) -> tuple[float, float | None]:
+        """``time_progress`` and the overall ETA at ``now`` (None when not running or not
+        known); ``time_progress`` only ever rises, and is 100 only once completed."""
+        eta = None
+        if self._status == "completed":
+            self._time_progress = 100.0
+        elif self._status == "running" and self._started_mono is not None:
+            eta = self._overall_eta(self._stage_estimates(now), now)
+            elapsed = now - self._started_mono
+            if eta is not None and elapsed + eta > 0:
+                done = min(100.0 * elapsed / (elapsed + eta), TIME_PROGRESS_CAP)
+                self._time_progress = max(self._time_progress, done)
+        return self._time_progress, eta
 
     def _boundary(self, now: float) -> float:
         """Where a stage starting now begins: where the previous one ended (or the scan
@@ -503,6 +549,7 @@ class MultiStageProgressTracker:
 
     def _emit(self, *, force: bool) -> None:
         now = self.clock()
+        self._note_checkpoints(now)
         if (
             not force
             and self._last_emit_mono is not None
@@ -512,21 +559,28 @@ class MultiStageProgressTracker:
         self._last_emit_mono = now
         self._seq += 1
         snapshot = self.snapshot()
-        self._observe(snapshot)
+        if self._started_mono is not None:
+            # the bars as watchers see them
+            self._time_trace.add(snapshot["elapsed_seconds"], snapshot["time_progress"])
+            self._overall_trace.add(snapshot["elapsed_seconds"], snapshot["overall_progress"])
         if self.on_emit is not None:
             self.on_emit(snapshot)
 
-    def _observe(self, snapshot: Snapshot) -> None:
-        """Trace the bars as watchers see them and note the ETA at each checkpoint."""
-        if self._started_mono is None:
+    def _note_checkpoints(self, now: float) -> None:
+        """Note the overall ETA when ``time_progress`` passes a checkpoint. Checked at every
+        change, not only at the throttled snapshots, so a short scan's 10 % is noted at 10 %;
+        not once every stage is done (the scan is ending: nothing is left to estimate)."""
+        if self._status != "running" or self._started_mono is None:
             return
-        elapsed = snapshot["elapsed_seconds"]
-        self._time_trace.add(elapsed, snapshot["time_progress"])
-        self._overall_trace.add(elapsed, snapshot["overall_progress"])
-        eta = snapshot["overall_eta"]
-        if self._status != "running" or eta is None:
+        if all(record.finished_at is not None for record in self._stages.values()):
             return
         passed = {checkpoint for checkpoint, _, _ in self._checkpoints}
+        if len(passed) == len(CHECKPOINTS):
+            return
+        time_progress, eta = self._progress_in_time(now)
+        if eta is None:
+            return
+        elapsed = now - self._started_mono
         for checkpoint in CHECKPOINTS:
-            if checkpoint not in passed and snapshot["time_progress"] >= checkpoint:
+            if checkpoint not in passed and time_progress >= checkpoint:
                 self._checkpoints.append((checkpoint, elapsed, eta))

@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, wait
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 FINALIZATION_STEPS = ("merge", "filter", "rank", "rows")
 MAX_AS_OF_BEYOND_DATA_DAYS = 7
 CANCEL_POLL_S = 0.2
+# How often a working scan's progress goes out even when no unit was counted (a block being
+# written, a first request in flight), so its elapsed time and ETA never freeze for watchers.
+HEARTBEAT_S = 0.25
 
 
 class CancelEvent(Protocol):
@@ -174,6 +178,7 @@ def run_scan(
 
     try:
         with contextlib.ExitStack() as held:
+            held.enter_context(_heartbeat(tracker, max(HEARTBEAT_S, progress_interval_s)))
             store, persistent = held.enter_context(_block_store(cache_dir, cache_max_bytes))
             provider = provider_for(config, max_scan_cells=max_scan_cells, polygon=polygon)
             selection = _load_universe(config, tracker, provider, cancel, max_scan_cells)
@@ -236,6 +241,24 @@ def _metrics(
         "total_seconds": total_s,
         **extra,
     }
+
+
+@contextlib.contextmanager
+def _heartbeat(tracker: MultiStageProgressTracker, interval_s: float) -> Iterator[None]:
+    """Tick the tracker from a thread of its own while the scan's thread works."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            tracker.tick()
+
+    thread = threading.Thread(target=beat, name="scan-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager

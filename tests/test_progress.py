@@ -450,3 +450,23 @@ def test_a_stage_still_running_after_its_last_unit_is_given_its_learned_tail() -
     clock.now += 1.5
     tracker.complete_stage("fetch")
     assert tracker.snapshot()["stages"]["fetch"]["tail"] == pytest.approx(2.0)
+
+
+def test_tick_sends_a_fresh_snapshot_only_while_running_and_when_none_went_out() -> None:
+    clock, emitted = FakeClock(), []
+    tracker = make(clock, emitted, stages=(("only", 1.0),), min_interval_s=0.1)
+    tracker.tick()
+    assert emitted == []  # not started
+    tracker.start_stage("only", total=10)
+    count = len(emitted)
+    clock.now += 0.05
+    tracker.tick()
+    assert len(emitted) == count  # one went out 0.05 s ago
+    clock.now += 0.5
+    tracker.tick()
+    assert len(emitted) == count + 1
+    assert emitted[-1]["elapsed_seconds"] == pytest.approx(0.55)
+    tracker.finish("cancelled")
+    clock.now += 1
+    tracker.tick()
+    assert emitted[-1]["status"] == "cancelled"

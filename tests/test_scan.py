@@ -316,3 +316,15 @@ def test_scans_keep_the_cache_within_cache_max_bytes(tmp_path: Path) -> None:
         assert cache_bytes() <= bound
     again = run_scan(config, cache_dir=tmp_path, cache_max_bytes=bound)
     assert again.metrics["cache_hit"] is True
+
+
+def test_a_stage_working_without_counting_units_still_sends_progress(tmp_path: Path) -> None:
+    """Writing a big fetched block counts no unit for a second or more: the heartbeat keeps
+    snapshots (elapsed time, ETA, time_progress) going out meanwhile."""
+    snapshots: list[dict] = []
+    config = ScanConfig(provider="synthetic", max_symbols=40_000, bars=300)
+    run_scan(config, on_progress=snapshots.append, cache_dir=tmp_path, progress_interval_s=0.05)
+    fetching = [s for s in snapshots if s["current_stage"] == "data_fetching"]
+    done = [s for s in fetching if s["stages"]["data_fetching"]["current"] == 40_000]
+    assert len(done) >= 2, "the block's writing sent no progress after the last symbol"
+    assert done[-1]["elapsed_seconds"] > done[0]["elapsed_seconds"]
