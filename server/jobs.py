@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
-from technic.engine.eta import StagePrior, fit_priors, scan_kind
+from technic.engine.eta import HISTORY_SCANS, StagePrior, fit_priors, scan_kind
 from technic.engine.polygon.source import PolygonSource
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
 from technic.engine.workers import WorkerPool
@@ -41,6 +41,10 @@ FINISHED_JOBS_KEPT = 256
 # How many recent scan durations the Retry-After estimate averages.
 RECENT_DURATIONS_KEPT = 20
 PRIORS_TIMEOUT_S = 2.0
+
+
+# per stage, (units, seconds, tail seconds) of one scan: what engine.eta learns from
+StageRuns = dict[str, tuple[float, float, float | None]]
 
 
 class QueueFull(Exception):
@@ -104,6 +108,9 @@ class JobManager:
         self.polygon = polygon
         self.accepting = True
         self._recent_durations_s: deque[float] = deque(maxlen=RECENT_DURATIONS_KEPT)
+        # per kind, the stage runs of scans this server finished that storage does not have
+        # yet (saving 100,000 rows takes a second or two): the next scan learns from them too
+        self._unstored_runs: dict[str, deque[tuple[Job, StageRuns]]] = {}
         self._queue: deque[Job] = deque()
         self._queue_ready = asyncio.Condition()
         self._running: dict[str, Job] = {}
@@ -254,7 +261,8 @@ class JobManager:
             )
         self.persister.submit(f"finish scan {job.scan_id}", record_end)
         accuracy = result.accuracy if result is not None else None
-        if accuracy is not None and kind is not None:
+        if accuracy is not None and kind is not None and result is not None:
+            self._remember_runs(job, result, kind)
             for checkpoint in accuracy.checkpoints:
                 self.metrics.eta_checkpoint(checkpoint.checkpoint, checkpoint.error_pct)
             cache_hit_ratio = metrics.get("cache_hit_ratio") if metrics else None
@@ -335,13 +343,33 @@ class JobManager:
         return scan_kind(config.provider, int(rate_limit) if rate_limit else None)
 
     async def _priors(self, config: ScanConfig, kind: str) -> dict[str, StagePrior]:
-        """Priors learned from the kind's recent scans; the measured defaults when the
-        database cannot say in time (a scan never waits long for its ETA's history)."""
+        """Priors learned from the kind's recent scans, those this server finished but has not
+        stored yet first; the measured defaults alone when the database cannot say in time
+        (a scan never waits long for its ETA's history)."""
         try:
-            history = await asyncio.wait_for(self.repository.eta_history(kind), PRIORS_TIMEOUT_S)
+            stored = await asyncio.wait_for(self.repository.eta_history(kind), PRIORS_TIMEOUT_S)
         except (StorageError, TimeoutError):
-            history = {}
-        return fit_priors(history, config.provider)
+            stored = {}
+        pending = self._unstored_runs.get(kind, deque())
+        while pending and pending[0][0].stored.is_set():
+            pending.popleft()
+        history: dict[str, list[tuple[float, float, float | None]]] = {}
+        for _, runs in reversed(pending):
+            for stage, run in runs.items():
+                history.setdefault(stage, []).append(run)
+        for stage, runs in stored.items():
+            history.setdefault(stage, []).extend(runs)
+        return fit_priors(
+            {stage: runs[:HISTORY_SCANS] for stage, runs in history.items()}, config.provider
+        )
+
+    def _remember_runs(self, job: Job, result: ScanResult, kind: str) -> None:
+        runs: StageRuns = {
+            stage: (detail["current"], detail["duration"], detail.get("tail"))
+            for stage, detail in result.snapshot["stages"].items()
+            if detail["status"] == "completed" and detail["duration"] is not None
+        }
+        self._unstored_runs.setdefault(kind, deque(maxlen=HISTORY_SCANS)).append((job, runs))
 
     def _on_snapshot(self, job: Job, snapshot: Snapshot) -> None:
         self.hub.publish(job.scan_id, snapshot)
