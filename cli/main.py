@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from technic.cli.exit_codes import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from technic.cli.output import format_results, write_output
+from technic.cli.processes import MAX_PROCESSES, REUSE_PORT_FLAG, serve_processes
 from technic.cli.remote import add_watch_command
 from technic.cli.scan_options import add_scan_arguments, scan_config
 from technic.cli.storage_commands import add_storage_commands
@@ -123,6 +124,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.processes > 1:
+        return serve_processes(settings, args.processes)
     # imported here so that a local `technic scan` does not load the web stack
     import uvloop
     from technic.server.app import create_app
@@ -130,7 +133,8 @@ def _serve_command(args: argparse.Namespace) -> int:
 
     log.info("technic starting on http://%s:%s", settings.host, settings.port)
     try:
-        uvloop.run(serve(create_app(settings), host=settings.host, port=settings.port))
+        app = create_app(settings)
+        uvloop.run(serve(app, host=settings.host, port=settings.port, reuse_port=args.reuse_port))
     except (StorageError, OSError) as error:
         print(f"technic serve: error: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -141,7 +145,25 @@ def _add_serve_parser(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the HTTP/WebSocket/SSE service")
     serve.add_argument("--host", help="interface to listen on (env HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port (env PORT, default 8000)")
+    serve.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        help="server processes sharing the port and the worker budget, as fleet members "
+        "(needs REDIS_URL; default 1)",
+    )
+    serve.add_argument(REUSE_PORT_FLAG, action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve_command)
+
+
+def _processes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_PROCESSES}, got {value}")
+    return value
 
 
 def _port(text: str) -> int:

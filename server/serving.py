@@ -87,9 +87,17 @@ class AppRunner(web.AppRunner):
 
 
 async def serve(
-    app: web.Application, *, host: str, port: int, shutdown_timeout_s: float = 15.0
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    shutdown_timeout_s: float = 15.0,
+    reuse_port: bool = False,
 ) -> None:
-    """Serve ``app`` on ``host:port`` until SIGINT or SIGTERM, then shut it down."""
+    """Serve ``app`` on ``host:port`` until SIGINT or SIGTERM, then shut it down.
+
+    ``reuse_port`` binds with ``SO_REUSEPORT``, so several processes share the port
+    (``technic serve --processes``)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -99,7 +107,7 @@ async def serve(
     )
     try:
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         await stop.wait()
     finally:
         await runner.cleanup()

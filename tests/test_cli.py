@@ -241,3 +241,17 @@ def test_cache_max_bytes_bounds_the_block_cache(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
     cached = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*") if f.is_file())
     assert 0 < cached <= 3_000_000
+
+
+def test_serve_processes_needs_redis_and_a_sane_count(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["TECHNIC_DATA_DIR"] = str(tmp_path)
+    technic = [sys.executable, "-m", "technic.cli", "serve"]
+    alone = subprocess.run([*technic, "--processes", "2"], env=env, capture_output=True, text=True)
+    assert alone.returncode == 2
+    assert "--processes needs REDIS_URL" in alone.stderr
+    for bad, says in (("0", "between 1 and 64"), ("65", "between 1 and 64"), ("two", "whole")):
+        answer = subprocess.run(
+            [*technic, "--processes", bad], env=env, capture_output=True, text=True
+        )
+        assert answer.returncode == 2 and says in answer.stderr, answer.stderr
