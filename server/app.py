@@ -50,7 +50,7 @@ from technic.server.errors import (
     request_context,
 )
 from technic.server.hub import Hub
-from technic.server.jobs import Job, JobManager, NotAccepting, QueueFull
+from technic.server.jobs import JobManager, NotAccepting, QueueFull
 from technic.server.metrics import Metrics
 from technic.server.ownership import Ownership
 from technic.server.persist import Persister
@@ -72,10 +72,13 @@ from technic.server.views import (
     stats_json,
 )
 from technic.storage import (
+    CANCEL_CHANNEL,
     MAX_PAGE_SIZE,
+    QUEUE_CHANNEL,
     Database,
     DatabaseUnavailable,
     InvalidInput,
+    Listener,
     Scan,
     SizeBucket,
     StorageError,
@@ -108,6 +111,9 @@ PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico", "/openapi.json"})
 # how long a results request waits for a just-finished scan's writes, and then the advice
 RESULTS_STORE_WAIT_S = 10.0
 RESULTS_RETRY_AFTER_S = 2
+# how long a synchronous start (async_mode false) waits for its scan; after that it answers
+# like an asynchronous one (202 and where to follow the scan)
+SYNC_WAIT_S = 3600.0
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -288,14 +294,14 @@ def _validate_universe(config: ScanConfig, max_scan_cells: int) -> None:
         raise RequestError(str(error), field="provider") from None
 
 
-def _start_response(job: Job) -> dict[str, Any]:
+def _start_response(scan_id: str) -> dict[str, Any]:
     return {
-        "scan_id": job.scan_id,
+        "scan_id": scan_id,
         "status": "pending",
         "message": "Scan started with multi-stage progress tracking",
-        "progress_url": f"/scan/progress/{job.scan_id}",
-        "websocket_url": f"/scan/ws/{job.scan_id}",
-        "sse_url": f"/scan/stream/{job.scan_id}",
+        "progress_url": f"/scan/progress/{scan_id}",
+        "websocket_url": f"/scan/ws/{scan_id}",
+        "sse_url": f"/scan/stream/{scan_id}",
     }
 
 
@@ -311,16 +317,15 @@ async def start_scan(request: web.Request) -> web.Response:
         raise RequestError(MISSING_KEY_MESSAGE, field="provider")
     await asyncio.to_thread(_validate_universe, start.config, settings.max_scan_cells)
     try:
-        job = await jobs.submit(start.config)
+        scan_id = await jobs.submit(start.config)
     except QueueFull as error:
         raise RequestError(str(error), status=429, retry_after_s=error.retry_after_s) from None
     except NotAccepting as error:
         raise RequestError(str(error), status=503) from None
-    if start.async_mode:
-        return json_response(_start_response(job), status=202)
-    await job.done.wait()
+    if start.async_mode or not await jobs.wait_finished(scan_id, SYNC_WAIT_S):
+        return json_response(_start_response(scan_id), status=202)
     first_page = parse_results_query({})
-    return json_response(await _results_body(request, job.scan_id, first_page))
+    return json_response(await _results_body(request, scan_id, first_page))
 
 
 async def scan_progress(request: web.Request) -> web.Response:
@@ -501,39 +506,89 @@ async def _ensure_topic(request: web.Request, scan_id: str) -> None:
 
 async def cancel_scan(request: web.Request) -> web.Response:
     scan_id = _scan_id(request)
-    job = request.app[JOBS].cancel(scan_id)
-    if job is None:
-        scan = await request.app[DATABASE].repository.get_scan(scan_id)
-        if scan is None:
+    jobs = request.app[JOBS]
+    job = jobs.cancel(scan_id)
+    if job is not None:
+        message = "Cancellation requested" if job.status == "running" else f"Scan {job.status}"
+        return json_response({"scan_id": scan_id, "status": job.status, "message": message})
+    if jobs.fleet:
+        answer = await jobs.cancel_elsewhere(scan_id)
+        if answer is None:
             raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
-        return json_response(
-            {"scan_id": scan_id, "status": scan.status, "message": "Scan already finished"}
-        )
-    message = "Cancellation requested" if job.status == "running" else f"Scan {job.status}"
-    return json_response({"scan_id": scan_id, "status": job.status, "message": message})
+        scan, outcome = answer
+        message = {
+            "cancelled": "Scan cancelled",
+            "requested": "Cancellation requested",
+            "finished": "Scan already finished",
+        }[outcome]
+        return json_response({"scan_id": scan_id, "status": scan.status, "message": message})
+    scan = await request.app[DATABASE].repository.get_scan(scan_id)
+    if scan is None:
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
+    return json_response(
+        {"scan_id": scan_id, "status": scan.status, "message": "Scan already finished"}
+    )
 
 
-def _job_summary(request: web.Request, job: Job) -> dict[str, Any]:
-    latest = request.app[HUB].latest(job.scan_id) or {}
+def _active_summary(
+    request: web.Request,
+    scan_id: str,
+    status: str,
+    instance: str | None,
+    created_at: dt.datetime,
+    config: dict[str, Any],
+    stored: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One scan of /scan/active: its progress from the newest snapshot this process has,
+    else from the stored record (``stored``, a scan running elsewhere)."""
+    latest = request.app[HUB].latest(scan_id) or stored or {}
     return {
-        "scan_id": job.scan_id,
-        "status": job.status,
-        "created_at": dt.datetime.fromtimestamp(job.created_at, dt.UTC).isoformat(),
+        "scan_id": scan_id,
+        "status": status,
+        "instance": instance,
+        "created_at": created_at.isoformat(),
         "overall_progress": latest.get("overall_progress", 0.0),
         "time_progress": latest.get("time_progress", 0.0),
         "current_stage": latest.get("current_stage"),
         "overall_eta_formatted": latest.get("overall_eta_formatted"),
-        "config": job.config.to_dict(),
+        "config": config,
     }
 
 
 async def active_scans(request: web.Request) -> web.Response:
+    """This process's running and queued scans; in a fleet, the whole fleet's (from the
+    database), each with the instance that runs it (none yet for a queued one)."""
     jobs = request.app[JOBS]
-    running = [_job_summary(request, job) for job in jobs.running]
-    queued = [_job_summary(request, job) for job in jobs.queued]
-    return json_response(
-        {"active": running + queued, "running": len(running), "queued": len(queued)}
-    )
+    if jobs.fleet:
+        active = []
+        for scan in await request.app[DATABASE].repository.active_scans():
+            job = jobs.get(str(scan.id))
+            status = job.status if job is not None else scan.status
+            active.append(
+                _active_summary(
+                    request,
+                    str(scan.id),
+                    status,
+                    scan.owner,
+                    scan.created_at,
+                    scan.config,
+                    progress_from_record(scan),
+                )
+            )
+    else:
+        active = [
+            _active_summary(
+                request,
+                job.scan_id,
+                job.status,
+                jobs.owner,
+                dt.datetime.fromtimestamp(job.created_at, dt.UTC),
+                job.config.to_dict(),
+            )
+            for job in [*jobs.running, *jobs.queued]
+        ]
+    running = sum(1 for summary in active if summary["status"] == "running")
+    return json_response({"active": active, "running": running, "queued": len(active) - running})
 
 
 async def list_scans(request: web.Request) -> web.Response:
@@ -658,8 +713,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         cache_max_bytes=settings.cache_max_bytes,
         owner=ownership.owner,
         polygon=source_from_settings(settings, keep_bars=settings.use_cache),
+        fleet=settings.redis_url is not None,
+        owner_timeout_s=settings.owner_timeout_s,
     )
     jobs.start()
+    listener = None
+    if jobs.fleet:
+        listener = Listener(
+            database.url, (QUEUE_CHANNEL, CANCEL_CHANNEL), jobs.on_notify, on_connected=jobs.wake
+        )
+        listener.start()
     app[METRICS].attach(jobs=jobs, hub=hub, streams=app[STREAM_STATS])
     app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (
         database,
@@ -671,6 +734,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if listener is not None:
+            await listener.stop()
         await jobs.shutdown()
         await persister.drain(timeout_s=10.0)
         await persister.stop()

@@ -6,11 +6,20 @@ Retry-After). Each scan's orchestrator (``engine.run_scan``) runs in a thread; i
 callback hops onto the event loop with ``call_soon_threadsafe`` and is published to the hub
 as it happens — nothing polls. Stage starts and ends, results and the final state go to
 the ``Persister``, which keeps them through a database outage.
+
+In a fleet (``fleet=True``: ``REDIS_URL`` set, several instances on one database) the queue
+is the database's, not this process's. ``submit`` stores the scan pending and unowned before
+answering (``Repository.enqueue_scan``, which also applies the fleet's limit), and NOTIFYs;
+every instance's claimer claims the oldest pending scan whenever it has a free slot (woken
+by LISTEN through ``on_notify``, and polling every ``poll_s`` in case a notification was
+lost), then runs it as a local scan. A cancel for a scan this process does not run goes to
+the database (``cancel_elsewhere``); the owner hears it by NOTIFY or at its next poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -24,13 +33,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from technic.engine import MultiStageProgressTracker, ScanConfig, ScanResult, run_scan
+from technic.engine.errors import InvalidConfig
 from technic.engine.eta import HISTORY_SCANS, StagePrior, fit_priors, scan_kind
 from technic.engine.polygon.source import PolygonSource
 from technic.engine.progress import STAGE_END_STATUSES, TERMINAL_STATUSES, Snapshot
 from technic.engine.workers import WorkerPool
 from technic.server.hub import Hub
 from technic.server.persist import Persister
-from technic.storage import Repository, StorageError
+from technic.storage import (
+    CANCEL_CHANNEL,
+    QUEUE_CHANNEL,
+    CancelOutcome,
+    Repository,
+    Scan,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from technic.server.metrics import Metrics
@@ -41,6 +58,10 @@ FINISHED_JOBS_KEPT = 256
 # How many recent scan durations the Retry-After estimate averages.
 RECENT_DURATIONS_KEPT = 20
 PRIORS_TIMEOUT_S = 2.0
+# how often a fleet instance looks at the queue and its cancel requests without a NOTIFY
+FLEET_POLL_S = 1.0
+# how often a synchronous start looks whether a scan running elsewhere has finished
+FLEET_WAIT_POLL_S = 0.2
 
 
 # per stage, (units, seconds, tail seconds) of one scan: what engine.eta learns from
@@ -91,6 +112,9 @@ class JobManager:
         owner: str | None = None,
         progress_interval_s: float = 0.1,
         polygon: PolygonSource | None = None,
+        fleet: bool = False,
+        owner_timeout_s: float = 30.0,
+        poll_s: float = FLEET_POLL_S,
     ) -> None:
         self.repository = repository
         self.hub = hub
@@ -106,7 +130,15 @@ class JobManager:
         self.progress_interval_s = progress_interval_s
         # built once, so every scan shares the key's rate limiter (None: no key set)
         self.polygon = polygon
+        self.fleet = fleet
+        # an instance whose heartbeat is older than this is dead (the fleet's limit counts
+        # the live ones)
+        self.owner_timeout_s = owner_timeout_s
+        self.poll_s = poll_s
         self.accepting = True
+        self._wake = asyncio.Event()
+        self._claimer: asyncio.Task[None] | None = None
+        self._claimed: set[asyncio.Task[None]] = set()
         self._recent_durations_s: deque[float] = deque(maxlen=RECENT_DURATIONS_KEPT)
         # per kind, the stage runs of scans this server finished that storage does not have
         # yet (saving 100,000 rows takes a second or two): the next scan learns from them too
@@ -123,6 +155,9 @@ class JobManager:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.fleet:
+            self._claimer = asyncio.create_task(self._claim_loop(), name="scan-claimer")
+            return
         self._runners = [
             asyncio.create_task(self._runner(), name=f"scan-runner-{i}")
             for i in range(self.max_concurrent_scans)
@@ -131,6 +166,9 @@ class JobManager:
     async def shutdown(self, timeout_s: float = 10.0) -> None:
         """Stop taking scans, cancel queued and running ones, wait for them to be recorded."""
         self.accepting = False
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
         while self._queue:
             self._cancel_queued(self._queue.popleft())
         running = list(self._running.values())
@@ -139,9 +177,9 @@ class JobManager:
         if running:
             waits = [asyncio.create_task(job.done.wait()) for job in running]
             await asyncio.wait(waits, timeout=timeout_s)
-        for task in self._runners:
+        for task in [*self._runners, *self._claimed]:
             task.cancel()
-        await asyncio.gather(*self._runners, return_exceptions=True)
+        await asyncio.gather(*self._runners, *self._claimed, return_exceptions=True)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- queries --------------------------------------------------------------------------
@@ -170,12 +208,16 @@ class JobManager:
 
     # -- commands -------------------------------------------------------------------------
 
-    async def submit(self, config: ScanConfig) -> Job:
+    async def submit(self, config: ScanConfig) -> str:
+        """Queue a scan; its id. In a fleet it is stored before this returns, so any
+        instance can claim it at once."""
         if not self.accepting:
             raise NotAccepting("the server is shutting down")
+        if self.fleet:
+            return await self._enqueue(config)
         busy = len(self._running) >= self.max_concurrent_scans
         if busy and len(self._queue) >= self.max_queued_scans:
-            raise QueueFull(retry_after_s=self._retry_after_s())
+            raise QueueFull(self._retry_after_s(len(self._queue), self.max_concurrent_scans))
         job = Job(scan_id=str(uuid.uuid4()), config=config)
         tracker = MultiStageProgressTracker(scan_id=job.scan_id)
         snapshot = tracker.snapshot()
@@ -189,7 +231,28 @@ class JobManager:
         self._queue.append(job)
         async with self._queue_ready:
             self._queue_ready.notify()
-        return job
+        return job.scan_id
+
+    async def wait_finished(self, scan_id: str, timeout_s: float) -> bool:
+        """Wait for a scan to end wherever it runs; False if ``timeout_s`` passed first.
+
+        A scan of this process: its ``done`` event. In a fleet the scan may run elsewhere:
+        the database's record, whose terminal state is written after its results.
+        """
+        job = self.get(scan_id)
+        if not self.fleet and job is not None:
+            try:
+                await asyncio.wait_for(job.done.wait(), timeout_s)
+            except TimeoutError:
+                return False
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            scan = await self.repository.get_scan(scan_id)
+            if scan is None or scan.status in TERMINAL_STATUSES:
+                return True
+            await asyncio.sleep(FLEET_WAIT_POLL_S)
+        return False
 
     def cancel(self, scan_id: str) -> Job | None:
         """Cancel a queued or running scan; a finished one is returned unchanged."""
@@ -203,18 +266,94 @@ class JobManager:
             job.cancel.set()
         return job
 
+    async def cancel_elsewhere(self, scan_id: str) -> tuple[Scan, CancelOutcome] | None:
+        """Cancel a fleet scan this process does not run: an unclaimed one at once (its final
+        state published here and stored), another instance's by asking its owner."""
+        answer = await self.repository.request_cancel(scan_id)
+        if answer is not None and answer[1] == "cancelled":
+            self.metrics.scan_finished("cancelled")
+            self._publish_cancelled(scan_id)
+        return answer
+
+    def on_notify(self, channel: str, payload: str) -> None:
+        """A NOTIFY from the fleet (storage ``Listener``): a scan to claim, or to stop."""
+        if channel == QUEUE_CHANNEL:
+            self._wake.set()
+        elif channel == CANCEL_CHANNEL and (job := self._running.get(payload)) is not None:
+            job.cancel.set()
+
+    def wake(self) -> None:
+        """Look at the fleet queue now (e.g. LISTEN is back: notifications were missed)."""
+        self._wake.set()
+
     # -- internals ------------------------------------------------------------------------
 
-    def _retry_after_s(self) -> int:
+    def _retry_after_s(self, queued: int, slots: int) -> int:
+        """Seconds until ``queued`` scans ahead have run on ``slots`` slots, at the mean
+        duration of this server's recent scans."""
         durations = self._recent_durations_s or (10.0,)
         mean_s = sum(durations) / len(durations)
-        return max(1, int(mean_s * (len(self._queue) + 1) / self.max_concurrent_scans))
+        return max(1, int(mean_s * (queued + 1) / slots))
+
+    async def _enqueue(self, config: ScanConfig) -> str:
+        scan_id = str(uuid.uuid4())
+        admission = await self.repository.enqueue_scan(
+            uuid.UUID(scan_id),
+            config.to_dict(),
+            slots_per_instance=self.max_concurrent_scans + self.max_queued_scans,
+            live_within_s=self.owner_timeout_s,
+        )
+        if not admission.accepted:
+            slots = self.max_concurrent_scans * admission.instances
+            raise QueueFull(self._retry_after_s(max(0, admission.active - slots), slots))
+        self._wake.set()
+        return scan_id
+
+    def _publish_cancelled(self, scan_id: str) -> None:
+        tracker = MultiStageProgressTracker(scan_id=scan_id)
+        tracker.finish("cancelled", "Scan cancelled before it started")
+        self.hub.publish(scan_id, tracker.snapshot())
 
     def _cancel_queued(self, job: Job) -> None:
-        tracker = MultiStageProgressTracker(scan_id=job.scan_id)
-        tracker.finish("cancelled", "Scan cancelled before it started")
-        self.hub.publish(job.scan_id, tracker.snapshot())
+        self._publish_cancelled(job.scan_id)
         self._finish(job, "cancelled", None)
+
+    async def _claim_loop(self) -> None:
+        """Claim fleet scans while this process has free slots; stop the ones asked to."""
+        failing = False
+        while True:
+            self._wake.clear()
+            try:
+                await self._claim_free_slots()
+                if self._running:
+                    for scan_uuid in await self.repository.cancel_requests(self.owner or ""):
+                        if (job := self._running.get(str(scan_uuid))) is not None:
+                            job.cancel.set()
+            except StorageError as error:
+                if not failing:
+                    log.warning("cannot look at the fleet queue: %s", error)
+                failing = True
+            else:
+                failing = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    async def _claim_free_slots(self) -> None:
+        while self.accepting and len(self._running) < self.max_concurrent_scans:
+            scan = await self.repository.claim_scan(self.owner or "")
+            if scan is None:
+                return
+            scan_id = str(scan.id)
+            try:
+                config = ScanConfig.from_dict(scan.config)
+            except InvalidConfig as error:  # stored by an instance of another version
+                self._finish(Job(scan_id, ScanConfig()), "failed", f"unusable config: {error}")
+                continue
+            job = Job(scan_id=scan_id, config=config)
+            self._running[scan_id] = job
+            task = asyncio.create_task(self._execute(job), name=f"scan-{scan_id}")
+            self._claimed.add(task)
+            task.add_done_callback(self._claimed.discard)
 
     def _finish(
         self,
@@ -290,23 +429,40 @@ class JobManager:
                 continue
             job = self._queue.popleft()
             self._running[job.scan_id] = job
-            try:
-                await self._run(job)
-            except Exception:
-                log.exception("scan %s crashed the job manager", job.scan_id)
-                if job.status not in TERMINAL_STATUSES:
-                    self._finish(job, "failed", "internal error")
-            finally:
-                self._running.pop(job.scan_id, None)
+            await self._execute(job)
+
+    async def _execute(self, job: Job) -> None:
+        """Run a job this process holds a slot for, and free the slot after."""
+        try:
+            await self._run(job)
+        except Exception:
+            log.exception("scan %s crashed the job manager", job.scan_id)
+            if job.status not in TERMINAL_STATUSES:
+                self._finish(job, "failed", "internal error")
+        finally:
+            self._running.pop(job.scan_id, None)
+            self._wake.set()
 
     async def _run(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
         kind = self._kind(job.config)
         priors = await self._priors(job.config, kind)
         scan_uuid = uuid.UUID(job.scan_id)
-        self.persister.submit(
-            f"start scan {job.scan_id}", lambda: self.repository.transition(scan_uuid, "running")
-        )
+        if self.fleet:
+            # directly: a claim is only ours while the database says so (cancelled or
+            # released meanwhile, it is not run)
+            if not await self.repository.start_claimed(scan_uuid, self.owner or ""):
+                scan = await self.repository.get_scan(scan_uuid)
+                if scan is not None and scan.owner == self.owner and scan.status == "pending":
+                    self._cancel_queued(job)  # asked to cancel between its claim and start
+                else:
+                    log.info("scan %s was taken back before it started", job.scan_id)
+                return
+        else:
+            self.persister.submit(
+                f"start scan {job.scan_id}",
+                lambda: self.repository.transition(scan_uuid, "running"),
+            )
         job.status = "running"
 
         def on_progress(snapshot: Snapshot) -> None:

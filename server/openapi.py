@@ -281,6 +281,12 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             {
                 "scan_id": {"type": "string", "format": "uuid"},
                 "status": {"enum": list(SCAN_STATUSES)},
+                "instance": {
+                    **_or_null(STRING),
+                    "description": "The owner name (host:pid:space:token) of the instance"
+                    " that runs the scan; null for a scan queued in a fleet (REDIS_URL set)"
+                    " that no instance has claimed yet.",
+                },
                 "created_at": TIMESTAMP,
                 "overall_progress": NUMBER,
                 "time_progress": NUMBER,

@@ -15,6 +15,10 @@ it also marks interrupted the unfinished scans of
   than owners): any live server notices a dead one on another machine within
   ``OWNER_TIMEOUT_S + OWNER_HEARTBEAT_S``, and forgets it.
 
+The error of an interrupted scan names the dead owner. In a fleet (``REDIS_URL`` set) a
+dead owner's *pending* scans (claimed from the fleet queue but not started) are not
+interrupted but released: back in the queue, claimed by an instance with a free slot.
+
 Times are the database's clock, so servers on several machines agree. A pid is trusted
 only within its own space: two containers with the same host name have different pid
 namespaces, and a live process that reuses a dead owner's pid leaves it to the heartbeat.
@@ -129,11 +133,15 @@ class Ownership:
                 self._reachable = True
 
     async def _interrupt_orphans(self) -> None:
-        interrupted = []
+        interrupted, released = [], []
         for owner in await self.repository.owners():
             if died_here(owner):
                 interrupted += await self.repository.mark_interrupted(owner=owner)
+                released += await self.repository.release_claims(owner=owner)
         interrupted += await self.repository.mark_interrupted(silent_for_s=self.timeout_s)
+        released += await self.repository.release_claims(silent_for_s=self.timeout_s)
+        if released:
+            log.warning("put back in the fleet queue %d scan(s) of a stopped server", len(released))
         if interrupted:
             self.on_interrupted(len(interrupted))
             log.warning(

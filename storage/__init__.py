@@ -22,6 +22,7 @@ from technic.storage.errors import (
     ScanNotFound,
     StorageError,
 )
+from technic.storage.listen import Listener
 from technic.storage.migrate import migrate
 from technic.storage.models import (
     SCAN_STATUSES,
@@ -31,8 +32,10 @@ from technic.storage.models import (
     STAGES,
     AccuracyGroup,
     AccuracyStats,
+    CancelOutcome,
     CheckpointAccuracy,
     Failure,
+    FleetAdmission,
     MigrationReport,
     ResultPage,
     Scan,
@@ -47,18 +50,22 @@ from technic.storage.models import (
     StageTiming,
 )
 from technic.storage.repository import (
+    CANCEL_CHANNEL,
     MAX_OFFSET,
     MAX_PAGE_SIZE,
     MAX_RANK,
+    QUEUE_CHANNEL,
     RESULT_SORTS,
     Repository,
     ResultExport,
 )
 
 __all__ = [
+    "CANCEL_CHANNEL",
     "MAX_OFFSET",
     "MAX_PAGE_SIZE",
     "MAX_RANK",
+    "QUEUE_CHANNEL",
     "RESULT_SORTS",
     "SCAN_STATUSES",
     "SCAN_TRANSITIONS",
@@ -68,13 +75,16 @@ __all__ = [
     "STAGE_TRANSITIONS",
     "AccuracyGroup",
     "AccuracyStats",
+    "CancelOutcome",
     "CheckpointAccuracy",
     "Database",
     "DatabaseUnavailable",
     "EmbeddedPostgres",
     "Failure",
+    "FleetAdmission",
     "IllegalTransition",
     "InvalidInput",
+    "Listener",
     "MigrationError",
     "MigrationReport",
     "Repository",

@@ -98,6 +98,21 @@ class Scan:
         return (self.finished_at - self.started_at).total_seconds()
 
 
+# what request_cancel did: cancelled an unclaimed fleet scan itself, asked the scan's owner
+# to stop it, or found it finished
+CancelOutcome = Literal["cancelled", "requested", "finished"]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetAdmission:
+    """Whether ``enqueue_scan`` stored the scan, and the fleet's load it judged by:
+    unfinished fleet scans (this one included when accepted) and live instances."""
+
+    accepted: bool
+    active: int
+    instances: int
+
+
 @dataclass(frozen=True, slots=True)
 class ScanPage:
     """A page of ``list_scans``; pass ``next_cursor`` back to get the following page."""

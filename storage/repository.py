@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import math
 import operator
 from array import array
@@ -48,8 +49,10 @@ from technic.storage.models import (
     STAGES,
     AccuracyGroup,
     AccuracyStats,
+    CancelOutcome,
     CheckpointAccuracy,
     Failure,
+    FleetAdmission,
     ResultPage,
     Scan,
     ScanAccuracyRecord,
@@ -75,6 +78,14 @@ WITHIN_PCT: Final = 10.0
 # how many of a window's newest scans accuracy_stats lists one by one by default (a chart's)
 ACCURACY_RECENT_SCANS: Final = 50
 INTERRUPTED_ERROR: Final = "interrupted: the process running this scan stopped"
+# NOTIFY channels of the fleet (storage/listen.py listens): a scan was queued or released
+# (payload empty), a cancel was requested (payload: the scan id)
+QUEUE_CHANNEL: Final = "technic_queue"
+CANCEL_CHANNEL: Final = "technic_cancel"
+# serialises fleet admissions (enqueue_scan); the first 8 bytes of sha256("technic.fleet")
+FLEET_ADMISSION_LOCK_KEY: Final = int.from_bytes(
+    hashlib.sha256(b"technic.fleet").digest()[:8], "big", signed=True
+)
 
 # Sort keys the results endpoint accepts -> (SQL column, SQL type of its values). The column
 # names are the only caller-influenced text that reaches SQL, and only through this table.
@@ -189,6 +200,32 @@ ACCURACY_RECENT_SQL: Final = f"""
 """
 
 
+# enqueue_scan ($1 seconds within which an owner's heartbeat makes it live): the live
+# instances, and the fleet scans that hold or wait for one of their slots
+FLEET_LOAD_SQL: Final = """
+    WITH live AS (
+        SELECT owner FROM scan_owners WHERE seen_at > now() - make_interval(secs => $1)
+    )
+    SELECT (SELECT count(*) FROM live) AS instances,
+           (SELECT count(*) FROM scans s
+            WHERE s.fleet AND s.status IN ('pending', 'running')
+              AND (s.owner IS NULL OR s.owner IN (SELECT owner FROM live))) AS active
+"""
+# request_cancel, {columns} the scan's columns, $1 the scan id
+CANCEL_UNCLAIMED_SQL: Final = """
+    UPDATE scans SET status = 'cancelled', finished_at = now(), updated_at = now(),
+                     cancel_requested_at = now()
+    WHERE id = $1
+    RETURNING {columns}
+"""
+REQUEST_CANCEL_SQL: Final = """
+    UPDATE scans SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+                     updated_at = now()
+    WHERE id = $1
+    RETURNING {columns}
+"""
+
+
 class ResultExport:
     """One scan's results in a fixed order, read from storage a batch at a time.
 
@@ -238,34 +275,7 @@ class Repository:
         owner: str | None = None,
     ) -> Scan:
         """Store a new pending scan and its four pending stages in one statement."""
-        if not isinstance(scan_id, UUID):
-            raise InvalidInput("scan_id", f"must be a UUID, got {type(scan_id).__name__}")
-        config_dict = _json_object("config", config)
-        size = _count("universe_size", universe_size)
-        if owner is not None:
-            _text("owner", owner)
-        try:
-            record = await self._pool.fetchrow(
-                f"""
-                WITH s AS (
-                    INSERT INTO scans (id, config, universe_size, owner)
-                    VALUES ($1, $2, $3, $4)
-                    RETURNING {_SCAN_COLUMNS}
-                ), t AS (
-                    INSERT INTO stage_timings (scan_id, stage, universe_size)
-                    SELECT s.id, stage, s.universe_size FROM s, unnest($5::text[]) AS stage
-                )
-                SELECT * FROM s
-                """,
-                scan_id,
-                config_dict,
-                size,
-                owner,
-                list(STAGES),
-            )
-        except asyncpg.UniqueViolationError as e:
-            raise InvalidInput("scan_id", f"scan {scan_id} already exists") from e
-        return _scan(record, _pending_stages(scan_id))
+        return await _insert_scan(self._pool, scan_id, config, universe_size, owner, fleet=False)
 
     @db_call("change scan status")
     async def transition(
@@ -425,7 +435,8 @@ class Repository:
         owner (the value given to ``create_scan``) has not been seen by ``record_owner``
         for that many seconds, or that have no owner; ``owner`` takes one owner's scans,
         ``stale_before`` those with no write since then. Their running stages become
-        ``failed``.
+        ``failed``, and the error names the owner. A pending fleet scan is not taken: it
+        has not started anywhere, and ``release_claims`` hands it to another instance.
         """
         since = None if stale_before is None else _aware("stale_before", stale_before)
         if owner is not None:
@@ -439,8 +450,9 @@ class Repository:
                     status = 'interrupted',
                     finished_at = greatest(now(), started_at),
                     updated_at = now(),
-                    error = coalesce(error, $3)
+                    error = coalesce(error, $3 || coalesce(' (instance ' || owner || ')', ''))
                 WHERE status IN ('pending', 'running')
+                  AND NOT (fleet AND status = 'pending')
                   AND ($1::text IS NULL OR owner = $1)
                   AND ($2::timestamptz IS NULL OR updated_at < $2)
                   AND ($4::double precision IS NULL OR owner IS NULL OR NOT EXISTS (
@@ -489,6 +501,170 @@ class Repository:
             _seconds("silent_for_s", silent_for_s),
         )
         return int(status.split()[-1])
+
+    # ------------------------------------------------------------------ the fleet
+
+    @db_call("enqueue fleet scan")
+    async def enqueue_scan(
+        self,
+        scan_id: UUID,
+        config: Mapping[str, Any],
+        *,
+        slots_per_instance: int,
+        live_within_s: float,
+    ) -> FleetAdmission:
+        """Store a pending fleet scan, unowned, and wake the fleet, unless it is full.
+
+        Full: the fleet's unfinished scans (pending or running, unowned or owned by a live
+        instance) already number ``slots_per_instance`` (running plus queued places of one
+        instance) times the live instances (heartbeat within ``live_within_s``; at least
+        one, the caller). The count and the insert hold one advisory lock, so two instances
+        admitting at once cannot both take the last place.
+        """
+        slots = _count("slots_per_instance", slots_per_instance)
+        live = _seconds("live_within_s", live_within_s)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", FLEET_ADMISSION_LOCK_KEY)
+            load = await conn.fetchrow(FLEET_LOAD_SQL, live)
+            instances = max(1, int(load["instances"]))
+            active = int(load["active"])
+            if slots is None or active >= slots * instances:
+                return FleetAdmission(False, active, instances)
+            await _insert_scan(conn, scan_id, config, None, None, fleet=True)
+            await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
+        return FleetAdmission(True, active + 1, instances)
+
+    @db_call("claim fleet scan")
+    async def claim_scan(self, owner: str) -> Scan | None:
+        """Make ``owner`` the owner of the oldest unclaimed pending fleet scan; None if there
+        is none. Rows another instance is claiming are skipped, not waited for."""
+        record = await self._pool.fetchrow(
+            f"""
+            UPDATE scans SET owner = $1, updated_at = now()
+            WHERE id = (
+                SELECT id FROM scans
+                WHERE fleet AND status = 'pending' AND owner IS NULL
+                ORDER BY created_at, id
+                LIMIT 1
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING {_SCAN_COLUMNS}
+            """,
+            _text("owner", owner),
+        )
+        return None if record is None else _scan(record)
+
+    @db_call("start claimed scan")
+    async def start_claimed(self, scan_id: UUID | str, owner: str) -> bool:
+        """Move a claimed scan to running if ``owner`` still holds it; False if it was
+        cancelled or released meanwhile (then the claimer must not run it)."""
+        started = await self._pool.fetchval(
+            """
+            UPDATE scans SET status = 'running', started_at = now(), updated_at = now()
+            WHERE id = $1 AND owner = $2 AND status = 'pending' AND cancel_requested_at IS NULL
+            RETURNING id
+            """,
+            _write_id(scan_id),
+            _text("owner", owner),
+        )
+        return started is not None
+
+    @db_call("release claims")
+    async def release_claims(
+        self, *, owner: str | None = None, silent_for_s: float | None = None
+    ) -> list[UUID]:
+        """Hand back to the queue the pending fleet scans claimed by a dead owner (``owner``,
+        or every owner not seen for ``silent_for_s``), and wake the fleet if there were any."""
+        if owner is not None:
+            _text("owner", owner)
+        silent = None if silent_for_s is None else _seconds("silent_for_s", silent_for_s)
+        async with self._pool.acquire() as conn, conn.transaction():
+            records = await conn.fetch(
+                """
+                UPDATE scans SET owner = NULL, updated_at = now()
+                WHERE fleet AND status = 'pending' AND owner IS NOT NULL
+                  AND ($1::text IS NULL OR owner = $1)
+                  AND ($2::double precision IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM scan_owners o
+                        WHERE o.owner = scans.owner
+                          AND o.seen_at > now() - make_interval(secs => $2)))
+                RETURNING id
+                """,
+                owner,
+                silent,
+            )
+            if records:
+                await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
+        return [r["id"] for r in records]
+
+    @db_call("cancel scan")
+    async def request_cancel(self, scan_id: UUID | str) -> tuple[Scan, CancelOutcome] | None:
+        """Cancel a scan from any instance; None if there is no such scan.
+
+        An unclaimed pending fleet scan is cancelled here and now (``cancelled``). A scan an
+        owner holds gets ``cancel_requested_at`` and a NOTIFY on ``CANCEL_CHANNEL`` with its
+        id; the owner stops it (``requested``). A finished scan is left as it is.
+        """
+        uuid = _read_id(scan_id)
+        if uuid is None:
+            return None
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT status, owner, fleet FROM scans WHERE id = $1 FOR UPDATE", uuid
+            )
+            if row is None:
+                return None
+            outcome: CancelOutcome
+            if row["status"] in TERMINAL_STATUSES:
+                outcome, sql = "finished", "SELECT {columns} FROM scans WHERE id = $1"
+            elif row["status"] == "pending" and row["fleet"] and row["owner"] is None:
+                outcome, sql = "cancelled", CANCEL_UNCLAIMED_SQL
+            else:
+                outcome, sql = "requested", REQUEST_CANCEL_SQL
+                await conn.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, str(uuid))
+            record = await conn.fetchrow(sql.format(columns=_SCAN_COLUMNS), uuid)
+        return _scan(record), outcome
+
+    @db_call("list cancel requests")
+    async def cancel_requests(self, owner: str) -> list[UUID]:
+        """The unfinished scans of ``owner`` someone asked to cancel (the owner's safety net
+        for a NOTIFY it missed)."""
+        records = await self._pool.fetch(
+            """
+            SELECT id FROM scans
+            WHERE owner = $1 AND status IN ('pending', 'running')
+              AND cancel_requested_at IS NOT NULL
+            """,
+            _text("owner", owner),
+        )
+        return [r["id"] for r in records]
+
+    @db_call("list active scans")
+    async def active_scans(self) -> list[Scan]:
+        """Every pending and running scan with its stages: running first, then pending, each
+        oldest first."""
+        async with self._pool.acquire() as conn, _snapshot(conn):
+            records = await conn.fetch(
+                f"""
+                SELECT {_SCAN_COLUMNS} FROM scans
+                WHERE status IN ('pending', 'running')
+                ORDER BY status = 'running' DESC, created_at, id
+                """
+            )
+            stage_rows = await conn.fetch(
+                f"SELECT {_STAGE_COLUMNS} FROM stage_timings WHERE scan_id = ANY($1::uuid[])",
+                [r["id"] for r in records],
+            )
+        stages: dict[UUID, list[StageTiming]] = {}
+        for stage_row in stage_rows:
+            stages.setdefault(stage_row["scan_id"], []).append(_stage(stage_row))
+        return [
+            _scan(
+                r,
+                tuple(sorted(stages.get(r["id"], ()), key=lambda t: STAGES.index(t.stage))),
+            )
+            for r in records
+        ]
 
     # ----------------------------------------------------------------- stages
 
@@ -1157,6 +1333,47 @@ async def _copy(
             copy.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await copy
+
+
+async def _insert_scan(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    scan_id: UUID,
+    config: Mapping[str, Any],
+    universe_size: int | None,
+    owner: str | None,
+    *,
+    fleet: bool,
+) -> Scan:
+    """A new pending scan and its four pending stages, in one statement."""
+    if not isinstance(scan_id, UUID):
+        raise InvalidInput("scan_id", f"must be a UUID, got {type(scan_id).__name__}")
+    config_dict = _json_object("config", config)
+    size = _count("universe_size", universe_size)
+    if owner is not None:
+        _text("owner", owner)
+    try:
+        record = await conn.fetchrow(
+            f"""
+            WITH s AS (
+                INSERT INTO scans (id, config, universe_size, owner, fleet)
+                VALUES ($1, $2, $3, $4, $6)
+                RETURNING {_SCAN_COLUMNS}
+            ), t AS (
+                INSERT INTO stage_timings (scan_id, stage, universe_size)
+                SELECT s.id, stage, s.universe_size FROM s, unnest($5::text[]) AS stage
+            )
+            SELECT * FROM s
+            """,
+            scan_id,
+            config_dict,
+            size,
+            owner,
+            list(STAGES),
+            fleet,
+        )
+    except asyncpg.UniqueViolationError as e:
+        raise InvalidInput("scan_id", f"scan {scan_id} already exists") from e
+    return _scan(record, _pending_stages(scan_id))
 
 
 async def _touch(conn: asyncpg.Connection, uuid: UUID) -> None:
