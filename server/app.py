@@ -110,6 +110,9 @@ PUBLIC_PATHS = frozenset({"/health", "/", "/favicon.ico", "/openapi.json"})
 # how long a results request waits for a just-finished scan's writes, and then the advice
 RESULTS_STORE_WAIT_S = 10.0
 RESULTS_RETRY_AFTER_S = 2
+# a mirrored scan silent this long is looked up in the database (``_settle_mirrors``)
+MIRROR_STALE_S = 5.0
+MIRROR_CHECK_S = 2.0
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -714,6 +717,45 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await database.close()
 
 
+async def _settle_mirrors(app: web.Application) -> AsyncIterator[None]:
+    """Fleet mode: end the mirrored scans that the database says have ended.
+
+    A mirror hears a scan's end from its owner through Redis, unless the owner died
+    (another instance then records the scan ``interrupted``) or the end came during a
+    Redis outage. Either way the database has it: a mirrored scan silent for
+    ``MIRROR_STALE_S`` is looked up there, and its stored final state is published in the
+    owner's stream (next seq, same epoch), so its watchers get it and close as usual.
+    """
+    if BUS not in app:
+        yield
+        return
+    task = asyncio.create_task(_settle_mirrors_forever(app[HUB], app[DATABASE]))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _settle_mirrors_forever(hub: Hub, database: Database) -> None:
+    while True:
+        await asyncio.sleep(MIRROR_CHECK_S)
+        for topic in hub.running_topics(mirror=True):
+            latest = hub.latest_message(topic)
+            if latest is None or time.time() - latest.published_at < MIRROR_STALE_S:
+                continue
+            try:
+                scan = await database.repository.get_scan(topic)
+            except StorageError:
+                break  # the database is away too: try again later
+            latest = hub.latest_message(topic)  # it may have moved meanwhile
+            if scan is None or scan.status not in TERMINAL_STATUSES or latest is None:
+                continue
+            snapshot = progress_from_record(scan)
+            snapshot["seq"] = latest.seq + 1
+            hub.publish(topic, snapshot, mirror=True)
+
+
 async def _on_shutdown(app: web.Application) -> None:
     """Runs before connections are closed: watchers are told the server is going away
     (1001; they reconnect to whatever serves next), then running scans are cancelled and
@@ -736,6 +778,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[OPENAPI] = openapi.document_bytes(settings, version=version())
     app.cleanup_ctx.append(_progress_plane)
     app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(_settle_mirrors)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post("/scan/start", start_scan)
     app.router.add_get("/scan/progress/{scan_id}", scan_progress)

@@ -224,6 +224,28 @@ async def test_redis_down_scans_run_and_nothing_answers_5xx(
         wait_until(lambda s=server: get_json(s, "/health")[1]["redis"] == "ok", timeout_s=10)
 
 
+async def test_watchers_of_a_killed_instances_scan_get_its_end_from_the_database(
+    fleet: Fleet, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    env = {**fleet.a.env, "TECHNIC_DATA_DIR": str(tmp_path)}
+    doomed = Server(env, OUTPUT / "fleet-killed.log")
+    doomed.log_path.write_bytes(b"")
+    doomed.start()
+    try:
+        scan_id = doomed.start_scan(**LONG_SCAN)
+        seen = await first_progress(session, doomed, scan_id)
+        watcher = asyncio.create_task(ws_watch(session, fleet.b, scan_id))
+        await asyncio.sleep(0.3)  # the watcher is connected (not a timing assertion)
+    finally:
+        doomed.kill()
+    snapshots, close_code = await watcher  # B's ownership check interrupts it (same machine)
+    assert close_code == 1000
+    assert snapshots[-1]["status"] == "interrupted"
+    assert snapshots[-1]["epoch"] == seen["epoch"]  # still the owner's stream for cursors
+    seqs = [snapshot["seq"] for snapshot in snapshots]
+    assert seqs == sorted(set(seqs))
+
+
 def serve_once(tmp_path: Path, database_url: str, redis_url: str) -> subprocess.CompletedProcess:
     technic = Path(sys.executable).with_name("technic")
     env = server_env(database_url, tmp_path, REDIS_URL=redis_url, PORT=str(_free_port()))
