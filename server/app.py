@@ -661,6 +661,7 @@ async def _progress_plane(app: web.Application) -> AsyncIterator[None]:
     if bus is not None:
         await bus.start(hub)
         app[BUS] = bus
+        app[METRICS].attach_bus(bus)
     app[HUB] = hub
     try:
         yield

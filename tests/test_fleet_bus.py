@@ -7,6 +7,7 @@ other (B), also while Redis restarts (empty) and while it is down.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import urllib.error
@@ -195,6 +196,11 @@ async def test_watchers_on_b_catch_up_when_redis_restarts_empty_mid_scan(
     assert resumed and resumed[0]["seq"] > seen["seq"]
     assert resumed[-1] == snapshots[-1]
     wait_until(lambda: get_json(fleet.b, "/health")[1].get("redis") == "ok", timeout_s=10)
+    with urllib.request.urlopen(f"{fleet.b.url}/metrics", timeout=30) as response:
+        exposition = response.read().decode()
+    reconnects = re.search(r"^technic_redis_reconnects_total (\S+)$", exposition, re.M)
+    assert reconnects is not None and float(reconnects[1]) >= 1
+    assert 'technic_redis_messages_total{outcome="received"}' in exposition
 
 
 async def test_redis_down_scans_run_and_nothing_answers_5xx(
