@@ -113,7 +113,9 @@ def _hosts(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
     value = _optional(env, name)
     if value is not None and not value.startswith(tuple(f"{s}://" for s in schemes)):
-        raise SettingsError(name, f"must start with one of {', '.join(schemes)}://")
+        prefixes = [f"{scheme}://" for scheme in schemes]
+        expected = ", ".join(prefixes[:-1]) + f" or {prefixes[-1]}"
+        raise SettingsError(name, f"must start with {expected}")  # the value may hold a password
     return value
 
 

@@ -43,6 +43,7 @@ from technic.engine.scan import select_symbols
 from technic.engine.scan_config import ScanConfig
 from technic.engine.workers import WorkerPool
 from technic.server import openapi, streams, universe_routes
+from technic.server.bus import RedisBus
 from technic.server.errors import (
     describe_protocol_error,
     error_response,
@@ -91,6 +92,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 HUB = web.AppKey("hub", Hub)
+BUS = web.AppKey("bus", RedisBus)  # only in fleet mode (REDIS_URL set)
 JOBS = web.AppKey("jobs", JobManager)
 PERSISTER = web.AppKey("persister", Persister)
 POOL = web.AppKey("pool", WorkerPool)
@@ -114,6 +116,9 @@ RESULTS_RETRY_AFTER_S = 2
 # how long a synchronous start (async_mode false) waits for its scan; after that it answers
 # like an asynchronous one (202 and where to follow the scan)
 SYNC_WAIT_S = 3600.0
+# a mirrored scan silent this long is looked up in the database (``_settle_mirrors``)
+MIRROR_STALE_S = 5.0
+MIRROR_CHECK_S = 2.0
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -244,12 +249,6 @@ def _scan_id(request: web.Request) -> str:
         raise RequestError(f"no scan {raw!r}", status=404, field="scan_id") from None
 
 
-async def _known_scan(request: web.Request, scan_id: str) -> bool:
-    if request.app[JOBS].get(scan_id) is not None or request.app[HUB].latest(scan_id):
-        return True
-    return await request.app[DATABASE].repository.get_scan(scan_id) is not None
-
-
 def _check_host(host: str | None, allowed_hosts: tuple[str, ...]) -> None:
     """The Host header names this server (any port), or the request is refused."""
     if host is None or "*" in allowed_hosts:
@@ -330,9 +329,12 @@ async def start_scan(request: web.Request) -> web.Response:
 
 async def scan_progress(request: web.Request) -> web.Response:
     scan_id = _scan_id(request)
-    latest = request.app[HUB].latest(scan_id)
+    latest = request.app[HUB].latest_message(scan_id)
     if latest is not None:
-        return json_response(latest)
+        return _json_bytes(latest.data)
+    bus = request.app.get(BUS)
+    if bus is not None and (envelope := await bus.latest(scan_id)) is not None:
+        return _json_bytes(envelope.data)  # another instance's scan, as its owner sent it
     scan = await request.app[DATABASE].repository.get_scan(scan_id)
     if scan is None:
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
@@ -458,10 +460,8 @@ async def scan_results(request: web.Request) -> web.StreamResponse:
 async def scan_ws(request: web.Request) -> web.StreamResponse:
     scan_id = _scan_id(request)
     since = parse_cursor(request.query.get("since"), "since")
-    if not await _known_scan(request, scan_id):
-        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
-    _check_connections(request)
     await _ensure_topic(request, scan_id)
+    _check_connections(request)
     return await streams.websocket_stream(
         request, request.app[HUB], scan_id, since, stats=request.app[STREAM_STATS]
     )
@@ -475,10 +475,8 @@ async def scan_sse(request: web.Request) -> web.StreamResponse:
         if header
         else parse_cursor(request.query.get("last_event_id"), "last_event_id")
     )
-    if not await _known_scan(request, scan_id):
-        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
-    _check_connections(request)
     await _ensure_topic(request, scan_id)
+    _check_connections(request)
     events = request.query.get("events", "default")
     if events not in ("default", "named"):
         raise RequestError("must be default or named", field="events")
@@ -493,15 +491,25 @@ async def scan_sse(request: web.Request) -> web.StreamResponse:
 
 
 async def _ensure_topic(request: web.Request, scan_id: str) -> None:
-    """A scan finished before a restart has no topic: publish its stored final state."""
+    """Give the hub the scan's topic to stream, or answer 404 if no one knows the scan.
+
+    Another instance's scan is mirrored from Redis (fleet mode). A scan known only to the
+    database (finished before a restart, or its owner unreachable through Redis) gets its
+    stored state, as a mirror: the owner's stream replaces it as soon as it is heard.
+    """
     hub = request.app[HUB]
     if hub.latest(scan_id) is not None:
+        return
+    bus = request.app.get(BUS)
+    if bus is not None and await bus.mirror(scan_id):
         return
     scan = await request.app[DATABASE].repository.get_scan(scan_id)
     if scan is not None:
         snapshot = progress_from_record(scan)
         snapshot["seq"] = 1
-        hub.publish(scan_id, snapshot)
+        hub.publish(scan_id, snapshot, mirror=True)
+    elif request.app[JOBS].get(scan_id) is None and hub.latest(scan_id) is None:
+        raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
 
 
 async def cancel_scan(request: web.Request) -> web.Response:
@@ -528,6 +536,11 @@ async def cancel_scan(request: web.Request) -> web.Response:
     return json_response(
         {"scan_id": scan_id, "status": scan.status, "message": "Scan already finished"}
     )
+
+
+def _json_bytes(data: bytes) -> web.Response:
+    """A snapshot's JSON as the hub (or its owner) serialised it, not encoded again."""
+    return web.Response(body=data, content_type="application/json")
 
 
 def _active_summary(
@@ -641,10 +654,14 @@ async def health(request: web.Request) -> web.Response:
         except StorageError:
             database_ok = False
     jobs = app[JOBS]
+    bus = app.get(BUS)
+    redis_ok = bus is None or bus.available
+    fleet = {} if bus is None else {"redis": "ok" if redis_ok else "unavailable"}
     return json_response(
         {
-            "status": "ok" if database_ok else "degraded",
+            "status": "ok" if database_ok and redis_ok else "degraded",
             "database": "ok" if database_ok else "unavailable",
+            **fleet,
             "database_backlog": app[PERSISTER].backlog,
             "workers": app[SETTINGS].max_workers,
             "active_scans": len(jobs.running),
@@ -686,6 +703,29 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 # -- the application ----------------------------------------------------------------------
 
 
+async def _progress_plane(app: web.Application) -> AsyncIterator[None]:
+    """The hub, and in fleet mode the Redis bus that shares it with the other instances.
+
+    First in the lifecycle, so an unreachable Redis stops the start before anything else
+    (``RedisUnavailable``: one line and exit 1 from ``technic serve``), and last out, so
+    the final states of scans stopped by the shutdown are still written to Redis.
+    """
+    url = app[SETTINGS].redis_url
+    bus = RedisBus(url) if url is not None else None
+    hub = Hub(on_publish=bus.publish if bus is not None else None)
+    if bus is not None:
+        await bus.start(hub)
+        app[BUS] = bus
+        app[METRICS].attach_bus(bus)
+    app[HUB] = hub
+    try:
+        yield
+    finally:
+        hub.shutdown()
+        if bus is not None:
+            await bus.stop()
+
+
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     database = await connect(settings)
@@ -696,7 +736,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         on_interrupted=functools.partial(app[METRICS].scan_finished, "interrupted"),
     )
     await ownership.start()
-    hub = Hub()
+    hub = app[HUB]
     persister = Persister()
     persister.start()
     pool = WorkerPool(settings.max_workers)
@@ -724,9 +764,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         listener.start()
     app[METRICS].attach(jobs=jobs, hub=hub, streams=app[STREAM_STATS])
-    app[DATABASE], app[HUB], app[PERSISTER], app[POOL], app[JOBS] = (
+    app[DATABASE], app[PERSISTER], app[POOL], app[JOBS] = (
         database,
-        hub,
         persister,
         pool,
         jobs,
@@ -739,10 +778,48 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await jobs.shutdown()
         await persister.drain(timeout_s=10.0)
         await persister.stop()
-        hub.shutdown()
         await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
         await ownership.stop()
         await database.close()
+
+
+async def _settle_mirrors(app: web.Application) -> AsyncIterator[None]:
+    """Fleet mode: end the mirrored scans that the database says have ended.
+
+    A mirror hears a scan's end from its owner through Redis, unless the owner died
+    (another instance then records the scan ``interrupted``) or the end came during a
+    Redis outage. Either way the database has it: a mirrored scan silent for
+    ``MIRROR_STALE_S`` is looked up there, and its stored final state is published in the
+    owner's stream (next seq, same epoch), so its watchers get it and close as usual.
+    """
+    if BUS not in app:
+        yield
+        return
+    task = asyncio.create_task(_settle_mirrors_forever(app[HUB], app[DATABASE]))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _settle_mirrors_forever(hub: Hub, database: Database) -> None:
+    while True:
+        await asyncio.sleep(MIRROR_CHECK_S)
+        for topic in hub.running_topics(mirror=True):
+            latest = hub.latest_message(topic)
+            if latest is None or time.time() - latest.published_at < MIRROR_STALE_S:
+                continue
+            try:
+                scan = await database.repository.get_scan(topic)
+            except StorageError:
+                break  # the database is away too: try again later
+            latest = hub.latest_message(topic)  # it may have moved meanwhile
+            if scan is None or scan.status not in TERMINAL_STATUSES or latest is None:
+                continue
+            snapshot = progress_from_record(scan)
+            snapshot["seq"] = latest.seq + 1
+            hub.publish(topic, snapshot, mirror=True)
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -765,7 +842,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = Metrics()
     app[STREAM_STATS] = StreamStats()
     app[OPENAPI] = openapi.document_bytes(settings, version=version())
+    app.cleanup_ctx.append(_progress_plane)
     app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(_settle_mirrors)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post("/scan/start", start_scan)
     app.router.add_get("/scan/progress/{scan_id}", scan_progress)

@@ -164,6 +164,7 @@ class _Topic:
     epoch: str = field(default_factory=Cursor.new_epoch)
     latest: Message | None = None
     finished: bool = False
+    mirror: bool = False  # fed by publish_encoded: another instance's scan
     published: int = 0
     subscribers: dict[Subscription, None] = field(default_factory=dict)
     # The sweep in progress: subscribers of this pass, next index, newest index at start.
@@ -381,7 +382,9 @@ class Hub:
     """Topics of progress snapshots with retained state and conflating fan-out.
 
     ``sweep_chunk`` subscribers are served per loop callback during a sweep. ``clock``
-    gives ``published_at`` (epoch seconds); it is injectable for tests.
+    gives ``published_at`` (epoch seconds); it is injectable for tests. ``on_publish``
+    gets every message :meth:`publish` accepts (on the loop, synchronously, so it must
+    not block): the fleet's bus shares a local scan's snapshots through it.
     """
 
     def __init__(
@@ -390,6 +393,7 @@ class Hub:
         max_finished_topics: int = 1000,
         sweep_chunk: int = 500,
         clock: Callable[[], float] = time.time,
+        on_publish: Callable[[Message], None] | None = None,
     ) -> None:
         if max_finished_topics < 0:
             raise ValueError("max_finished_topics: must be >= 0")
@@ -398,6 +402,7 @@ class Hub:
         self._max_finished = max_finished_topics
         self._sweep_chunk = sweep_chunk
         self._clock = clock
+        self._on_publish = on_publish
         self._topics: dict[str, _Topic] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._closed = False
@@ -410,48 +415,113 @@ class Hub:
 
     # -- publishing ------------------------------------------------------------------------
 
-    def publish(self, topic: str, snapshot: Snapshot) -> Message | None:
+    def publish(self, topic: str, snapshot: Snapshot, *, mirror: bool = False) -> Message | None:
         """Retain and fan out one snapshot; None if it was ignored (stale seq, finished).
 
         ``snapshot`` must carry an int ``seq`` that rises per topic. ``published_at`` is
-        written into it. Call on the event-loop thread.
+        written into it. Call on the event-loop thread. ``mirror=True`` is for a state this
+        process does not own (rebuilt from the database): it is not handed to
+        ``on_publish``, and the owner's stream replaces it when heard
+        (:meth:`publish_encoded`). A hub shut down fans nothing out, but still hands a
+        running topic's snapshot to ``on_publish``: the cancelled state of a scan stopped
+        by the shutdown must reach the other instances' watchers.
         """
         seq = snapshot.get("seq")
         if type(seq) is not int:
             raise ValueError(f"snapshot for {topic!r}: 'seq' must be an int, got {seq!r}")
+        state = self._topics.get(topic)
         if self._closed:
             self._ignored += 1
+            running = state is not None and not state.finished
+            if not mirror and self._on_publish is not None and running:
+                assert state is not None
+                if state.latest is None or seq > state.latest.seq:
+                    self._on_publish(self._encode(state, snapshot, seq))
             return None
-        state = self._topics.get(topic)
         if state is None:
             state = self._topics[topic] = _Topic(topic)
         elif state.finished or (state.latest is not None and seq <= state.latest.seq):
             self._ignored += 1
             log.debug("ignored snapshot seq %d for %s (finished or not newer)", seq, topic)
             return None
+        state.mirror = mirror
+        message = self._encode(state, snapshot, seq)
+        self._accept(state, message)
+        if not mirror and self._on_publish is not None:
+            self._on_publish(message)
+        return message
+
+    def publish_encoded(
+        self,
+        topic: str,
+        data: bytes,
+        *,
+        seq: int,
+        epoch: str,
+        status: str,
+        published_at: float,
+    ) -> Message | None:
+        """Retain and fan out a snapshot another instance serialised (its ``data`` as is).
+
+        The topic takes the owner's ``epoch``, so cursors are the same on every instance.
+        A message not newer than the retained one is ignored, whatever its epoch: a state
+        this hub made up (from the database, while the owner's stream was unreachable) is
+        replaced by the owner's stream as soon as it is heard again. Never handed to
+        ``on_publish``. The JSON is parsed only when kept (for :meth:`latest`).
+        """
+        if self._closed:
+            self._ignored += 1
+            return None
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _Topic(topic, epoch=epoch)
+        elif state.finished or (state.latest is not None and seq <= state.latest.seq):
+            self._ignored += 1
+            return None
+        state.epoch = epoch
+        state.mirror = True
+        terminal = status in TERMINAL_STATUSES
+        message = Message(
+            topic=topic,
+            epoch=epoch,
+            seq=seq,
+            event=status if terminal else "progress",
+            data=data,
+            terminal=terminal,
+            published_at=published_at,
+            snapshot=orjson.loads(data),
+            index=state.published + 1,
+        )
+        self._accept(state, message)
+        return message
+
+    def _encode(self, state: _Topic, snapshot: Snapshot, seq: int) -> Message:
+        """Stamp and serialise a snapshot once (module docstring)."""
         status = snapshot.get("status")
         terminal = status in TERMINAL_STATUSES
         published_at = self._clock()
         snapshot["published_at"] = published_at
         snapshot["epoch"] = state.epoch
-        data = orjson.dumps(snapshot)
-        message = Message(
-            topic=topic,
+        return Message(
+            topic=state.name,
             epoch=state.epoch,
             seq=seq,
             event=str(status) if terminal else "progress",
-            data=data,
+            data=orjson.dumps(snapshot),
             terminal=terminal,
             published_at=published_at,
             snapshot=snapshot,
             index=state.published + 1,
         )
+
+    def _accept(self, state: _Topic, message: Message) -> None:
+        """Make ``message`` the topic's retained state and schedule its fan-out."""
         state.published = message.index
         state.latest = message
-        state.finished = terminal
+        state.finished = message.terminal
         self._published += 1
-        if terminal:
-            self._retain(topic)  # the sweep holds the state: eviction cannot lose it
+        if message.terminal:
+            self._retain(state.name)  # the sweep holds the state: eviction cannot lose it
         if state.subscribers and not state.sweeping:
             state.sweeping = True
             try:
@@ -461,7 +531,6 @@ class Hub:
                     self._sweep(state, None)
             else:
                 loop.call_soon(self._sweep, state, loop)
-        return message
 
     def _sweep(self, state: _Topic, loop: asyncio.AbstractEventLoop | None) -> None:
         """Offer the newest message to the next chunk of this pass's subscribers."""
@@ -540,7 +609,7 @@ class Hub:
 
     def resume_seq(self, topic: str, cursor: Cursor | None) -> int | None:
         """The ``since`` for a watcher resuming at ``cursor``: its seq if the cursor belongs
-        to this topic's stream (its epoch, or a bare seq, naming a snapshot the stream has
+        to this topic's stream (its epoch, or a bare seq naming a snapshot the stream has
         sent), else None, so the watcher gets the current snapshot (``server/cursor.py``).
 
         Call it right before :meth:`subscribe`, with no ``await`` in between.
@@ -548,6 +617,10 @@ class Hub:
         state = self._topics.get(topic)
         if cursor is None or state is None or state.latest is None:
             return None
+        if state.mirror and cursor.epoch == state.epoch:
+            # The owner's stream, which this hub mirrors and may trail by a snapshot: a
+            # cursor ahead of it waits for newer, never goes back.
+            return cursor.seq
         if cursor.epoch not in (None, state.epoch) or cursor.seq > state.latest.seq:
             return None
         return cursor.seq
@@ -556,6 +629,15 @@ class Hub:
 
     def has_topic(self, topic: str) -> bool:
         return topic in self._topics
+
+    def running_topics(self, *, mirror: bool) -> list[str]:
+        """Topics with a retained snapshot and no terminal one yet: those of the scans this
+        process runs (``mirror=False``) or those fed by :meth:`publish_encoded`."""
+        return [
+            name
+            for name, state in self._topics.items()
+            if state.latest is not None and not state.finished and state.mirror == mirror
+        ]
 
     def is_finished(self, topic: str) -> bool:
         """True once a topic had its terminal message or was closed (and is retained)."""

@@ -30,6 +30,7 @@ from technic.engine.eta import CHECKPOINTS
 from technic.engine.progress import SCAN_STAGES, TERMINAL_STATUSES
 
 if TYPE_CHECKING:
+    from technic.server.bus import BusStats, RedisBus
     from technic.server.hub import Hub
     from technic.server.jobs import JobManager
     from technic.server.streams import StreamStats
@@ -104,6 +105,10 @@ class Metrics:
         """Read these at scrape time; they exist only once the application has started."""
         self._service.jobs, self._service.hub, self._service.streams = jobs, hub, streams
 
+    def attach_bus(self, bus: RedisBus) -> None:
+        """Fleet mode: the Redis bus's counters, read at scrape time."""
+        self._service.bus = bus
+
     def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
         method = method if method in KNOWN_METHODS else "other"
         self.request_duration.labels(route, method, str(status)).observe(duration_s)
@@ -135,6 +140,7 @@ class _ServiceCollector:
         self.jobs: JobManager | None = None
         self.hub: Hub | None = None
         self.streams: StreamStats | None = None
+        self.bus: RedisBus | None = None
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -182,3 +188,26 @@ class _ServiceCollector:
             published.add_metric([], stats.published)
             conflated.add_metric([], stats.conflated)
         yield from (published, conflated)
+        if self.bus is not None:
+            yield from _bus_families(self.bus.stats())
+
+
+def _bus_families(stats: BusStats) -> Iterator[Metric]:
+    """Fleet mode only: what went through Redis, and whether it is reachable."""
+    messages = CounterMetricFamily(
+        "technic_redis_messages",
+        "Progress messages written to Redis (local scans), dropped unwritten because a "
+        "newer state of the same scan replaced them (e.g. during an outage), and heard "
+        "from Redis.",
+        labels=["outcome"],
+    )
+    messages.add_metric(["written"], stats.written)
+    messages.add_metric(["dropped"], stats.dropped)
+    messages.add_metric(["received"], stats.received)
+    reconnects = CounterMetricFamily(
+        "technic_redis_reconnects", "Times the Redis subscription was re-established."
+    )
+    reconnects.add_metric([], stats.reconnects)
+    available = GaugeMetricFamily("technic_redis_available", "1 while Redis is reachable.")
+    available.add_metric([], 1 if stats.available else 0)
+    yield from (messages, reconnects, available)

@@ -442,6 +442,13 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             {
                 "status": {"enum": ["ok", "degraded"]},
                 "database": {"enum": ["ok", "unavailable"]},
+                "redis": {
+                    "enum": ["ok", "unavailable"],
+                    "description": "Fleet mode only (REDIS_URL set): whether progress is "
+                    "shared with the other instances. While `unavailable` every instance "
+                    "runs its scans and serves its own watchers; watchers of other "
+                    "instances' scans catch up when Redis is back.",
+                },
                 "database_backlog": {
                     "type": "integer",
                     "minimum": 0,
@@ -452,7 +459,8 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "queued_scans": {"type": "integer", "minimum": 0},
                 "accepting_scans": {"type": "boolean"},
                 "version": STRING,
-            }
+            },
+            optional=("redis",),
         ),
     }
 
@@ -846,7 +854,12 @@ def _paths(settings: Settings) -> dict[str, Schema]:
             "get": _operation(
                 "health",
                 "Liveness and the database's state (never needs a token)",
-                {"200": _json_ok("Health", "`degraded` while the database is unreachable.")},
+                {
+                    "200": _json_ok(
+                        "Health",
+                        "`degraded` while the database (or, in fleet mode, Redis) is unreachable.",
+                    )
+                },
                 errors=(),
                 protected=False,
                 settings=settings,

@@ -402,3 +402,91 @@ async def test_settled_waits_until_the_sweep_reached_everyone() -> None:
     async with asyncio.timeout(1):
         await subscriptions[0].settled()
     assert got == [1, 1, 1]
+
+
+# -- the fleet: another instance's stream, fed in as its owner serialised it ----------------
+
+
+def feed(mirror: Hub, owned: Message) -> Message | None:
+    """What the bus does with a message the owner published, heard through Redis."""
+    return mirror.publish_encoded(
+        owned.topic,
+        owned.data,
+        seq=owned.seq,
+        epoch=owned.epoch,
+        status=str(owned.snapshot["status"]),
+        published_at=owned.published_at,
+    )
+
+
+async def test_a_mirror_keeps_the_owners_bytes_epoch_and_seq() -> None:
+    owner_side: list[Message] = []
+    owner = Hub(on_publish=owner_side.append)
+    mirror = Hub()
+    subscription = mirror.subscribe("s1")
+    for seq, status in ((1, "running"), (2, "running"), (3, "completed")):
+        owner.publish("s1", snap(seq, status))
+    sent = owner_side[-1]
+    for message in owner_side:
+        feed(mirror, message)
+    received = await collect(subscription)
+    assert received[-1].data is sent.data  # never encoded again
+    assert received[-1].epoch == sent.epoch and received[-1].event == "completed"
+    assert [m.seq for m in received] == sorted({m.seq for m in received})
+    assert subscription.end_reason == "terminal" and mirror.is_finished("s1")
+    late = feed(mirror, owner_side[0])
+    assert late is None  # after the terminal state nothing is taken
+    # the owner's cursor means the same on the mirror
+    assert mirror.resume_seq("s1", Cursor(sent.epoch, 2)) == 2
+
+
+async def test_a_mirror_trailing_the_owner_makes_a_watcher_wait_never_go_back() -> None:
+    owner_side: list[Message] = []
+    owner = Hub(on_publish=owner_side.append)
+    mirror = Hub()
+    for seq in (1, 2, 3):
+        owner.publish("s1", snap(seq))
+    first = owner_side[0]
+    feed(mirror, first)
+    since = mirror.resume_seq("s1", Cursor(first.epoch, 3))  # the watcher saw 3 on the owner
+    assert since == 3
+    subscription = mirror.subscribe("s1", since)
+    with pytest.raises(TimeoutError):
+        await subscription.get(timeout_s=0.05)  # seq 1 is not sent to it
+    owner.publish("s1", snap(4))
+    feed(mirror, owner_side[-1])
+    message = await subscription.get(timeout_s=1)
+    assert message is not None and message.seq == 4
+    # on the owner itself a cursor beyond its stream is still foreign
+    assert owner.resume_seq("s1", Cursor(first.epoch, 9)) is None
+
+
+async def test_a_state_rebuilt_from_the_database_gives_way_to_the_owners_stream() -> None:
+    shared: list[Message] = []
+    mirror = Hub(on_publish=shared.append)
+    watcher = mirror.subscribe("s1")
+    mirror.publish("s1", snap(1), mirror=True)  # the stored state: not this process's scan
+    assert shared == []  # never shared as if it were the owner's stream
+    owner = Hub()
+    owned = owner.publish("s1", snap(7))
+    assert owned is not None and owned.epoch != mirror.latest_message("s1").epoch  # type: ignore[union-attr]
+    feed(mirror, owned)
+    seqs = []
+    while not seqs or seqs[-1] != 7:
+        message = await watcher.get(timeout_s=1)
+        assert message is not None
+        seqs.append(message.seq)
+    assert seqs in ([1, 7], [7])
+    assert mirror.latest_message("s1").epoch == owned.epoch  # type: ignore[union-attr]
+    assert (
+        mirror.running_topics(mirror=True) == ["s1"] and mirror.running_topics(mirror=False) == []
+    )
+
+
+def test_a_hub_shut_down_still_shares_a_running_scans_last_state() -> None:
+    shared: list[Message] = []
+    hub = Hub(on_publish=shared.append)
+    hub.publish("s1", snap(1))
+    hub.shutdown()
+    assert hub.publish("s1", snap(2, "cancelled")) is None  # no fan-out here any more
+    assert [(m.seq, m.event) for m in shared] == [(1, "progress"), (2, "cancelled")]
