@@ -9,7 +9,6 @@ pid on this machine, and its scans are dealt with at the next heartbeat.
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.error
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.live_server import OUTPUT, Server, fresh_database, server_env, wait_until
+from tests.redis_server import running_redis
 
-REDIS_URL = os.environ.get("TECHNIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # long enough to outlive every step below on one worker (test_ownership.py measured it)
 SLOW_SCAN = {"provider": "synthetic", "max_symbols": 60_000, "bars": 530}
 QUICK_SCAN = {"provider": "synthetic", "max_symbols": 50, "bars": 300}
@@ -31,11 +30,15 @@ OWNER_TIMEOUT_S = 30
 @pytest.fixture
 def fleet(pg_server_url: str, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
     OUTPUT.mkdir(parents=True, exist_ok=True)
-    with fresh_database(pg_server_url) as database_url, ExitStack() as stack:
+    with (
+        running_redis(tmp_path / "redis") as redis,
+        fresh_database(pg_server_url) as database_url,
+        ExitStack() as stack,
+    ):
         env = server_env(
             database_url,
             tmp_path / "data",
-            REDIS_URL=REDIS_URL,
+            REDIS_URL=redis.url,
             MAX_CONCURRENT_SCANS="1",
             MAX_QUEUED_SCANS="1",
             MAX_WORKERS="1",
