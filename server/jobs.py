@@ -143,6 +143,9 @@ class JobManager:
         # per kind, the stage runs of scans this server finished that storage does not have
         # yet (saving 100,000 rows takes a second or two): the next scan learns from them too
         self._unstored_runs: dict[str, deque[tuple[Job, StageRuns]]] = {}
+        # fleet slots promised to scans being stored right now, so the claimer does not
+        # fill them meanwhile
+        self._reserved_slots = 0
         self._queue: deque[Job] = deque()
         self._queue_ready = asyncio.Condition()
         self._running: dict[str, Job] = {}
@@ -296,18 +299,35 @@ class JobManager:
         return max(1, int(mean_s * (queued + 1) / slots))
 
     async def _enqueue(self, config: ScanConfig) -> str:
+        """Store the scan in the fleet's queue; run it here at once when this instance has a
+        free slot and nothing older waits (the watchers of a scan tend to ask where they
+        started it), else let the fleet's first free slot claim it."""
         scan_id = str(uuid.uuid4())
-        admission = await self.repository.enqueue_scan(
-            uuid.UUID(scan_id),
-            config.to_dict(),
-            slots_per_instance=self.max_concurrent_scans + self.max_queued_scans,
-            live_within_s=self.owner_timeout_s,
-        )
+        free = self.accepting and self._busy_slots() < self.max_concurrent_scans
+        if free:
+            self._reserved_slots += 1
+        try:
+            admission = await self.repository.enqueue_scan(
+                uuid.UUID(scan_id),
+                config.to_dict(),
+                slots_per_instance=self.max_concurrent_scans + self.max_queued_scans,
+                live_within_s=self.owner_timeout_s,
+                claim_for=self.owner if free and self.owner else None,
+            )
+        finally:
+            if free:
+                self._reserved_slots -= 1
         if not admission.accepted:
             slots = self.max_concurrent_scans * admission.instances
             raise QueueFull(self._retry_after_s(max(0, admission.active - slots), slots))
-        self._wake.set()
+        if admission.claimed:
+            self._run_claimed(scan_id, config.to_dict())
+        else:
+            self._wake.set()
         return scan_id
+
+    def _busy_slots(self) -> int:
+        return len(self._running) + self._reserved_slots
 
     def _publish_cancelled(self, scan_id: str) -> None:
         tracker = MultiStageProgressTracker(scan_id=scan_id)
@@ -339,21 +359,24 @@ class JobManager:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
 
     async def _claim_free_slots(self) -> None:
-        while self.accepting and len(self._running) < self.max_concurrent_scans:
+        while self.accepting and self._busy_slots() < self.max_concurrent_scans:
             scan = await self.repository.claim_scan(self.owner or "")
             if scan is None:
                 return
-            scan_id = str(scan.id)
-            try:
-                config = ScanConfig.from_dict(scan.config)
-            except InvalidConfig as error:  # stored by an instance of another version
-                self._finish(Job(scan_id, ScanConfig()), "failed", f"unusable config: {error}")
-                continue
-            job = Job(scan_id=scan_id, config=config)
-            self._running[scan_id] = job
-            task = asyncio.create_task(self._execute(job), name=f"scan-{scan_id}")
-            self._claimed.add(task)
-            task.add_done_callback(self._claimed.discard)
+            self._run_claimed(str(scan.id), scan.config)
+
+    def _run_claimed(self, scan_id: str, stored_config: dict[str, Any]) -> None:
+        """Run a scan this instance owns in the fleet's queue."""
+        try:
+            config = ScanConfig.from_dict(stored_config)
+        except InvalidConfig as error:  # stored by an instance of another version
+            self._finish(Job(scan_id, ScanConfig()), "failed", f"unusable config: {error}")
+            return
+        job = Job(scan_id=scan_id, config=config)
+        self._running[scan_id] = job
+        task = asyncio.create_task(self._execute(job), name=f"scan-{scan_id}")
+        self._claimed.add(task)
+        task.add_done_callback(self._claimed.discard)
 
     def _finish(
         self,

@@ -106,11 +106,13 @@ CancelOutcome = Literal["cancelled", "requested", "finished"]
 @dataclass(frozen=True, slots=True)
 class FleetAdmission:
     """Whether ``enqueue_scan`` stored the scan, and the fleet's load it judged by:
-    unfinished fleet scans (this one included when accepted) and live instances."""
+    unfinished fleet scans (this one included when accepted) and live instances;
+    ``claimed`` when it was stored already owned by the instance that asked."""
 
     accepted: bool
     active: int
     instances: int
+    claimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,6 +200,11 @@ ACCURACY_RECENT_SQL: Final = f"""
 """
 
 
+# enqueue_scan: whether a fleet scan waits for an instance (a new one must not jump it),
+# served by scans_fleet_queue_idx
+FLEET_WAITING_SQL: Final = """
+    SELECT EXISTS (SELECT 1 FROM scans WHERE fleet AND status = 'pending' AND owner IS NULL)
+"""
 # enqueue_scan ($1 seconds within which an owner's heartbeat makes it live): the live
 # instances, and the fleet scans that hold or wait for one of their slots
 FLEET_LOAD_SQL: Final = """
@@ -512,8 +517,13 @@ class Repository:
         *,
         slots_per_instance: int,
         live_within_s: float,
+        claim_for: str | None = None,
     ) -> FleetAdmission:
         """Store a pending fleet scan, unowned, and wake the fleet, unless it is full.
+
+        ``claim_for``: the asking instance has a free slot; the scan is stored already owned
+        by it (no hop to another instance for the watchers it is likely to have) unless older
+        scans are waiting, which keep their turn.
 
         Full: the fleet's unfinished scans (pending or running, unowned or owned by a live
         instance) already number ``slots_per_instance`` (running plus queued places of one
@@ -530,9 +540,13 @@ class Repository:
             active = int(load["active"])
             if slots is None or active >= slots * instances:
                 return FleetAdmission(False, active, instances)
-            await _insert_scan(conn, scan_id, config, None, None, fleet=True)
-            await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
-        return FleetAdmission(True, active + 1, instances)
+            owner = None
+            if claim_for is not None and not await conn.fetchval(FLEET_WAITING_SQL):
+                owner = _text("claim_for", claim_for)
+            await _insert_scan(conn, scan_id, config, None, owner, fleet=True)
+            if owner is None:
+                await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
+        return FleetAdmission(True, active + 1, instances, claimed=owner is not None)
 
     @db_call("claim fleet scan")
     async def claim_scan(self, owner: str) -> Scan | None:

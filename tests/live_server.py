@@ -47,6 +47,8 @@ class Server:
     env: dict[str, str]
     log_path: Path
     port: int = field(default_factory=_free_port)
+    # more arguments of `technic serve` (e.g. --processes 2)
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,7 +62,7 @@ class Server:
         with self.log_path.open("ab") as log:
             # its own process group, so that its worker processes can be stopped with it
             self.process = subprocess.Popen(
-                [*command, "serve"],
+                [*command, "serve", *self.args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
