@@ -21,26 +21,21 @@ cost of asking for three years of percentiles is visible rather than hidden.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from technic.engine.eta import CHECKPOINTS, HISTORY_SCANS
-from technic.storage import STAGES, Repository, SizeBucket, connect_url
-from technic.storage.database import ensure_database, quote_ident
-from technic.storage.embedded import EmbeddedPostgres
+from technic.storage import STAGES, Repository, SizeBucket
 from technic.storage.repository import (
     ACCURACY_CHECKPOINTS_SQL,
     ACCURACY_RECENT_SQL,
@@ -48,6 +43,8 @@ from technic.storage.repository import (
     ETA_HISTORY_SQL,
     WITHIN_PCT,
 )
+
+from tests.bench.bench_database import run_on_a_server, throwaway_repository
 
 P95_TARGET_S = 0.050
 SCAN_EVERY = timedelta(minutes=15)
@@ -177,83 +174,70 @@ async def explain(repo: Repository, label: str, sql: str, *args: Any, lines: int
 
 
 async def bench(server_url: str, n: int, calls: int) -> int:
-    name = f"technic_bench_acc_{uuid.uuid4().hex[:8]}"
-    url = await ensure_database(server_url, name)
     failed = False
-    try:
-        database = await connect_url(url, command_timeout_s=900)
-        try:
-            repo = database.repository
-            await seed(repo, n)
-            now = datetime.now(UTC)
-            all_time = now - n * SCAN_EVERY - timedelta(days=1)
-            cases: list[tuple[str, dict[str, Any], bool]] = [
-                ("since 7d (endpoint default)", {"since": now - timedelta(days=7)}, True),
-                ("since 30d", {"since": now - timedelta(days=30)}, True),
-                (
-                    "since 30d, provider polygon",
-                    {"since": now - timedelta(days=30), "provider": "polygon"},
-                    True,
-                ),
-                (
-                    "since 30d, bucket 1000-9999",
-                    {"since": now - timedelta(days=30), "bucket": SizeBucket.parse("1000-9999")},
-                    True,
-                ),
-                (f"all {n:,} scans", {"since": all_time}, False),
-            ]
-            for label, kwargs, targeted in cases:
-                runs = calls if targeted else max(calls // 10, 5)
-                stats = None
+    async with throwaway_repository(server_url, "technic_bench_acc") as repo:
+        await seed(repo, n)
+        now = datetime.now(UTC)
+        all_time = now - n * SCAN_EVERY - timedelta(days=1)
+        cases: list[tuple[str, dict[str, Any], bool]] = [
+            ("since 7d (endpoint default)", {"since": now - timedelta(days=7)}, True),
+            ("since 30d", {"since": now - timedelta(days=30)}, True),
+            (
+                "since 30d, provider polygon",
+                {"since": now - timedelta(days=30), "provider": "polygon"},
+                True,
+            ),
+            (
+                "since 30d, bucket 1000-9999",
+                {"since": now - timedelta(days=30), "bucket": SizeBucket.parse("1000-9999")},
+                True,
+            ),
+            (f"all {n:,} scans", {"since": all_time}, False),
+        ]
+        for label, kwargs, targeted in cases:
+            runs = calls if targeted else max(calls // 10, 5)
+            stats = None
 
-                async def call(kwargs: dict[str, Any] = kwargs) -> None:
-                    nonlocal stats
-                    stats = await repo.accuracy_stats(**kwargs)
+            async def call(kwargs: dict[str, Any] = kwargs) -> None:
+                nonlocal stats
+                stats = await repo.accuracy_stats(**kwargs)
 
-                text, p95 = summary(await timed(call, runs))
-                assert stats is not None
-                scans = sum(g.scans for g in stats.groups)
-                if targeted:
-                    verdict = "ok" if p95 < P95_TARGET_S else "OVER TARGET"
-                    failed |= p95 >= P95_TARGET_S
-                    note = f"target p95 < 50 ms: {verdict}"
-                else:
-                    note = "(reported, no target)"
-                print(f"accuracy_stats {label:30s} {scans:>7,} scans  {text}  {note}")
+            text, p95 = summary(await timed(call, runs))
+            assert stats is not None
+            scans = sum(g.scans for g in stats.groups)
+            if targeted:
+                verdict = "ok" if p95 < P95_TARGET_S else "OVER TARGET"
+                failed |= p95 >= P95_TARGET_S
+                note = f"target p95 < 50 ms: {verdict}"
+            else:
+                note = "(reported, no target)"
+            print(f"accuracy_stats {label:30s} {scans:>7,} scans  {text}  {note}")
 
-            async def history_call() -> None:
-                found = await repo.eta_history("polygon@300/min")
-                assert all(len(runs) == HISTORY_SCANS for runs in found.values())
+        async def history_call() -> None:
+            found = await repo.eta_history("polygon@300/min")
+            assert all(len(runs) == HISTORY_SCANS for runs in found.values())
 
-            text, p95 = summary(await timed(history_call, calls))
-            verdict = "ok" if p95 < P95_TARGET_S else "OVER TARGET"
-            failed |= p95 >= P95_TARGET_S
-            print(f"eta_history last {HISTORY_SCANS} of a kind {'':17s}{text}  {verdict}")
+        text, p95 = summary(await timed(history_call, calls))
+        verdict = "ok" if p95 < P95_TARGET_S else "OVER TARGET"
+        failed |= p95 >= P95_TARGET_S
+        print(f"eta_history last {HISTORY_SCANS} of a kind {'':17s}{text}  {verdict}")
 
-            window = (now - timedelta(days=30), now, None, None, None)
-            print("EXPLAIN (ANALYZE, BUFFERS), 30-day window:")
-            await explain(
-                repo, "checkpoints", ACCURACY_CHECKPOINTS_SQL, *window, list(CHECKPOINTS),
-                WITHIN_PCT, lines=11,
-            )  # fmt: skip
-            await explain(repo, "scan figures", ACCURACY_SCANS_SQL, *window)
-            await explain(repo, "newest 50", ACCURACY_RECENT_SQL, *window, 50)
-            await explain(repo, "eta_history", ETA_HISTORY_SQL, "polygon@300/min", HISTORY_SCANS)
-            whole = (all_time, now, None, None, None)
-            print("EXPLAIN (ANALYZE, BUFFERS), all scans:")
-            await explain(
-                repo, "checkpoints", ACCURACY_CHECKPOINTS_SQL, *whole, list(CHECKPOINTS),
-                WITHIN_PCT, lines=11,
-            )  # fmt: skip
-            await explain(repo, "scan figures", ACCURACY_SCANS_SQL, *whole)
-        finally:
-            await database.close()
-    finally:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-        finally:
-            await conn.close()
+        window = (now - timedelta(days=30), now, None, None, None)
+        print("EXPLAIN (ANALYZE, BUFFERS), 30-day window:")
+        await explain(
+            repo, "checkpoints", ACCURACY_CHECKPOINTS_SQL, *window, list(CHECKPOINTS),
+            WITHIN_PCT, lines=11,
+        )  # fmt: skip
+        await explain(repo, "scan figures", ACCURACY_SCANS_SQL, *window)
+        await explain(repo, "newest 50", ACCURACY_RECENT_SQL, *window, 50)
+        await explain(repo, "eta_history", ETA_HISTORY_SQL, "polygon@300/min", HISTORY_SCANS)
+        whole = (all_time, now, None, None, None)
+        print("EXPLAIN (ANALYZE, BUFFERS), all scans:")
+        await explain(
+            repo, "checkpoints", ACCURACY_CHECKPOINTS_SQL, *whole, list(CHECKPOINTS),
+            WITHIN_PCT, lines=11,
+        )  # fmt: skip
+        await explain(repo, "scan figures", ACCURACY_SCANS_SQL, *whole)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{'some figures are over target' if failed else 'all targets met'}; load average {load}")
     return 0
@@ -264,27 +248,7 @@ def main() -> int:
     parser.add_argument("--scans", type=int, default=100_000, help="completed scans stored")
     parser.add_argument("--calls", type=int, default=200, help="timed calls per measurement")
     args = parser.parse_args()
-    server_url = next(
-        (
-            os.environ[v]
-            for v in ("TECHNIC_BENCH_DATABASE_URL", "TECHNIC_TEST_DATABASE_URL", "DATABASE_URL")
-            if os.environ.get(v)
-        ),
-        None,
-    )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"{os.cpu_count()} CPUs, load average {load} (other work on the machine skews timings)")
-    if server_url is not None:
-        print(f"server: {server_url.split('@')[-1]}")
-        return asyncio.run(bench(server_url, args.scans, args.calls))
-    with tempfile.TemporaryDirectory(prefix="technic-bench-") as tmp:
-        embedded = EmbeddedPostgres(Path(tmp) / "postgres")
-        embedded.start()
-        print(f"server: embedded PostgreSQL (started in {embedded.started_in_s:.2f} s)")
-        try:
-            return asyncio.run(bench(embedded.url(), args.scans, args.calls))
-        finally:
-            embedded.stop()
+    return run_on_a_server(lambda url: bench(url, args.scans, args.calls))
 
 
 if __name__ == "__main__":

@@ -20,25 +20,22 @@ Targets (from the storage issue):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from technic.storage import SizeBucket, connect_url
-from technic.storage.database import ensure_database, quote_ident
-from technic.storage.embedded import EmbeddedPostgres
+from technic.storage import SizeBucket
+
+from tests.bench.bench_database import run_on_a_server, throwaway_repository
 
 SAVE_TARGET_S = 0.200
 STATS_P95_TARGET_S = 0.050
@@ -113,88 +110,75 @@ def summary(samples_s: list[float]) -> tuple[str, float]:
 
 
 async def bench(server_url: str, repeat: int, timings: int) -> int:
-    name = f"technic_bench_{uuid.uuid4().hex[:8]}"
-    url = await ensure_database(server_url, name)
     failed = False
-    try:
-        database = await connect_url(url, command_timeout_s=900)
-        try:
-            repo = database.repository
-            rows = result_rows(10_000)
-            warm = await repo.create_scan(uuid.uuid4(), {"bench": True})
-            await repo.save_results(warm.id, rows[:100])  # warm the connection and plans
-            save_s = []
-            for _ in range(repeat):
-                # each save is a new scan's results, as at the end of every scan
-                scan = await repo.create_scan(uuid.uuid4(), {"bench": True})
-                began = time.perf_counter()
-                await repo.save_results(scan.id, rows)
-                save_s.append(time.perf_counter() - began)
-            page = await repo.fetch_results(scan.id, limit=1000)
-            assert page is not None and page.total == 10_000 and page.rows[0] == rows[0]
-            text, _ = summary(save_s)
-            median_save = statistics.median(save_s)
-            verdict = "ok" if median_save < SAVE_TARGET_S else "OVER TARGET"
-            print(f"save_results 10,000 rows       {text}  target < 200 ms (median): {verdict}")
-            failed |= median_save >= SAVE_TARGET_S
-
+    async with throwaway_repository(server_url, "technic_bench") as repo:
+        rows = result_rows(10_000)
+        warm = await repo.create_scan(uuid.uuid4(), {"bench": True})
+        await repo.save_results(warm.id, rows[:100])  # warm the connection and plans
+        save_s = []
+        for _ in range(repeat):
+            # each save is a new scan's results, as at the end of every scan
+            scan = await repo.create_scan(uuid.uuid4(), {"bench": True})
             began = time.perf_counter()
-            async with database.pool.acquire() as conn:
-                await conn.execute(SEED_SQL.replace("$1", str(timings // 4)))
-                await conn.execute("VACUUM ANALYZE scans, stage_timings")
-                count = await conn.fetchval("SELECT count(*) FROM stage_timings")
-            seed_s = time.perf_counter() - began
-            print(f"seeded {count:,} stage timings over 365 days in {seed_s:.1f} s")
+            await repo.save_results(scan.id, rows)
+            save_s.append(time.perf_counter() - began)
+        page = await repo.fetch_results(scan.id, limit=1000)
+        assert page is not None and page.total == 10_000 and page.rows[0] == rows[0]
+        text, _ = summary(save_s)
+        median_save = statistics.median(save_s)
+        verdict = "ok" if median_save < SAVE_TARGET_S else "OVER TARGET"
+        print(f"save_results 10,000 rows       {text}  target < 200 ms (median): {verdict}")
+        failed |= median_save >= SAVE_TARGET_S
 
-            now = datetime.now(UTC)
-            cases: list[tuple[str, dict[str, Any], int, bool]] = [
-                ("since 1d", {"since": now - timedelta(days=1)}, repeat * 5, True),
-                ("since 7d", {"since": now - timedelta(days=7)}, repeat * 5, True),
-                (
-                    "since 7d, by bucket",
-                    {"since": now - timedelta(days=7), "by_bucket": True},
-                    repeat * 5,
-                    True,
-                ),
-                (
-                    "since 7d, bucket 1000-9999",
-                    {"since": now - timedelta(days=7), "bucket": SizeBucket.parse("1000-9999")},
-                    repeat * 5,
-                    True,
-                ),
-                ("since 30d", {"since": now - timedelta(days=30)}, repeat * 2, False),
-                ("since 365d (all 1M rows)", {"since": now - timedelta(days=366)}, repeat, False),
-                (
-                    "since 365d, by bucket",
-                    {"since": now - timedelta(days=366), "by_bucket": True},
-                    repeat,
-                    False,
-                ),
-            ]
-            for label, kwargs, runs, targeted in cases:
-                await repo.stage_stats(**kwargs)  # warm
-                samples = []
-                for _ in range(max(runs, 5)):
-                    began = time.perf_counter()
-                    stats = await repo.stage_stats(**kwargs)
-                    samples.append(time.perf_counter() - began)
-                text, p95 = summary(samples)
-                rows_in = sum(s.count for s in stats.stages)
-                if targeted:
-                    verdict = "ok" if p95 < STATS_P95_TARGET_S else "OVER TARGET"
-                    failed |= p95 >= STATS_P95_TARGET_S
-                    note = f"target p95 < 50 ms: {verdict}"
-                else:
-                    note = "(reported, no target)"
-                print(f"stage_stats {label:28s} {rows_in:>9,} rows  {text}  {note}")
-        finally:
-            await database.close()
-    finally:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-        finally:
-            await conn.close()
+        began = time.perf_counter()
+        async with repo.pool.acquire() as conn:
+            await conn.execute(SEED_SQL.replace("$1", str(timings // 4)))
+            await conn.execute("VACUUM ANALYZE scans, stage_timings")
+            count = await conn.fetchval("SELECT count(*) FROM stage_timings")
+        seed_s = time.perf_counter() - began
+        print(f"seeded {count:,} stage timings over 365 days in {seed_s:.1f} s")
+
+        now = datetime.now(UTC)
+        cases: list[tuple[str, dict[str, Any], int, bool]] = [
+            ("since 1d", {"since": now - timedelta(days=1)}, repeat * 5, True),
+            ("since 7d", {"since": now - timedelta(days=7)}, repeat * 5, True),
+            (
+                "since 7d, by bucket",
+                {"since": now - timedelta(days=7), "by_bucket": True},
+                repeat * 5,
+                True,
+            ),
+            (
+                "since 7d, bucket 1000-9999",
+                {"since": now - timedelta(days=7), "bucket": SizeBucket.parse("1000-9999")},
+                repeat * 5,
+                True,
+            ),
+            ("since 30d", {"since": now - timedelta(days=30)}, repeat * 2, False),
+            ("since 365d (all 1M rows)", {"since": now - timedelta(days=366)}, repeat, False),
+            (
+                "since 365d, by bucket",
+                {"since": now - timedelta(days=366), "by_bucket": True},
+                repeat,
+                False,
+            ),
+        ]
+        for label, kwargs, runs, targeted in cases:
+            await repo.stage_stats(**kwargs)  # warm
+            samples = []
+            for _ in range(max(runs, 5)):
+                began = time.perf_counter()
+                stats = await repo.stage_stats(**kwargs)
+                samples.append(time.perf_counter() - began)
+            text, p95 = summary(samples)
+            rows_in = sum(s.count for s in stats.stages)
+            if targeted:
+                verdict = "ok" if p95 < STATS_P95_TARGET_S else "OVER TARGET"
+                failed |= p95 >= STATS_P95_TARGET_S
+                note = f"target p95 < 50 ms: {verdict}"
+            else:
+                note = "(reported, no target)"
+            print(f"stage_stats {label:28s} {rows_in:>9,} rows  {text}  {note}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{'some figures are over target' if failed else 'all targets met'}; load average {load}")
     return 0
@@ -205,27 +189,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement")
     parser.add_argument("--timings", type=int, default=1_000_000, help="stage timing rows")
     args = parser.parse_args()
-    server_url = next(
-        (
-            os.environ[v]
-            for v in ("TECHNIC_BENCH_DATABASE_URL", "TECHNIC_TEST_DATABASE_URL", "DATABASE_URL")
-            if os.environ.get(v)
-        ),
-        None,
-    )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"{os.cpu_count()} CPUs, load average {load} (other work on the machine skews timings)")
-    if server_url is not None:
-        print(f"server: {server_url.split('@')[-1]}")
-        return asyncio.run(bench(server_url, args.repeat, args.timings))
-    with tempfile.TemporaryDirectory(prefix="technic-bench-") as tmp:
-        embedded = EmbeddedPostgres(Path(tmp) / "postgres")
-        embedded.start()
-        print(f"server: embedded PostgreSQL (started in {embedded.started_in_s:.2f} s)")
-        try:
-            return asyncio.run(bench(embedded.url(), args.repeat, args.timings))
-        finally:
-            embedded.stop()
+    return run_on_a_server(lambda url: bench(url, args.repeat, args.timings))
 
 
 if __name__ == "__main__":
