@@ -530,6 +530,14 @@ SCAN_LINKS: Schema = {
 }
 
 
+def _window(name: str, meaning: str, default: str | None = "7d") -> Schema:
+    """A query parameter naming a time window back from now, as ``storage/windows.py`` reads it."""
+    schema: Schema = {"type": "string", "pattern": DURATION_PATTERN}
+    if default is not None:
+        schema["default"] = default
+    return _query(name, schema, f"{meaning} (30m, 12h, 7d, 2w; at most 3660d).")
+
+
 def _query(name: str, schema: Schema, description: str) -> Schema:
     return {
         "name": name,
@@ -761,11 +769,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 protected=True,
                 parameters=[
                     _query("status", {"enum": list(SCAN_STATUSES)}, "Only scans in this status."),
-                    _query(
-                        "since",
-                        {"type": "string", "pattern": DURATION_PATTERN},
-                        "Only scans created within this window (30m, 12h, 7d, 2w; at most 3660d).",
-                    ),
+                    _window("since", "Only scans created within this window", default=None),
                     _query(
                         "limit",
                         {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
@@ -784,11 +788,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 errors=("ServiceUnavailable",),
                 protected=True,
                 parameters=[
-                    _query(
-                        "since",
-                        {"type": "string", "pattern": DURATION_PATTERN, "default": "7d"},
-                        "The window looked at (30m, 12h, 7d, 2w; at most 3660d).",
-                    ),
+                    _window("since", "The window looked at"),
                     _query(
                         "by_bucket",
                         {"enum": ["true", "false", "1", "0"], "default": "false"},
@@ -813,11 +813,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 errors=("ServiceUnavailable",),
                 protected=True,
                 parameters=[
-                    _query(
-                        "since",
-                        {"type": "string", "pattern": DURATION_PATTERN, "default": "7d"},
-                        "Scans finished within this window (30m, 12h, 7d, 2w; at most 3660d).",
-                    ),
+                    _window("since", "Scans finished within this window"),
                     _query(
                         "until",
                         {"type": "string", "pattern": DURATION_PATTERN},
