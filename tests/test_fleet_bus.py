@@ -246,6 +246,13 @@ async def test_watchers_of_a_killed_instances_scan_get_its_end_from_the_database
         scan_id = doomed.start_scan(**LONG_SCAN)
         seen = await first_progress(session, doomed, scan_id)
         watcher = asyncio.create_task(ws_watch(session, fleet.b, scan_id))
+        # B has heard the owner's stream (on a loaded machine Redis may lag a moment)
+        for _ in range(200):
+            if get_json(fleet.b, f"/scan/progress/{scan_id}")[1]["epoch"] == seen["epoch"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("B never heard the owner's snapshots through Redis")
         await asyncio.sleep(0.3)  # the watcher is connected (not a timing assertion)
     finally:
         doomed.kill()
