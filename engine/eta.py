@@ -67,8 +67,6 @@ class StagePrior:
         return self.fixed_s + self.per_unit_s * max(units, 0.0) + self.tail_s
 
 
-Priors = Mapping[str, StagePrior]
-
 # Cold-start priors per provider, measured on this code (see the module docstring). A network
 # provider's data_fetching is paced by its rate limit (``set_pace``), which the tracker uses
 # on top of these.
