@@ -65,6 +65,7 @@ from tests.bench.bench_fanout import (  # noqa: E402
     machine_cpu_seconds,
     published_at_of,
     raise_nofile_limit,
+    wait_for_quiet,
 )
 from tests.live_server import Server, _free_port, server_env  # noqa: E402
 from tests.redis_server import running_redis  # noqa: E402
@@ -192,10 +193,13 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def process_cpu_seconds(roots: set[int], exclude: set[int]) -> float:
-    """CPU seconds so far of ``roots`` and their descendants (kernel included)."""
+    """CPU seconds so far of ``roots`` and their descendants, with those of their children
+    that ended (a scan's worker processes may end before the run does), except this
+    process's own ended children (its clients, counted by themselves)."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
+    own = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -205,7 +209,8 @@ def process_cpu_seconds(roots: set[int], exclude: set[int]) -> float:
         except OSError:
             continue
         parents[int(entry)] = int(fields[1])
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+        ended_children = 0 if int(entry) == own else int(fields[13]) + int(fields[14])
+        times[int(entry)] = (int(fields[11]) + int(fields[12]) + ended_children) / tick
     total = 0.0
     for pid, seconds in times.items():
         ancestor = pid
@@ -314,6 +319,7 @@ def measured_run(
     queued while they connect, then the owner's slot freed). ``owner`` is the pid of the
     instance that must run it, or None for any."""
     args = bench.args
+    quiet = wait_for_quiet(args.quiet_cpus, args.quiet_wait_s) if args.quiet_wait_s > 0 else None
     blockers = [
         get_json(api_url, "/scan/start", "POST", {"provider": "polygon", "max_symbols": 50})[
             "scan_id"
@@ -384,7 +390,7 @@ def measured_run(
         "scan_s": float(metrics.get("total_seconds", float("nan"))),
         "machine_busy": machine_s / wall_s,
         "others_busy": max(0.0, machine_s - bench_s - result["client_cpu_s"]) / wall_s,
-        "loadavg": os.getloadavg()[0],
+        "others_before": quiet,
     }
 
 
@@ -474,19 +480,21 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     header = (
         f"{'run':<16} {'watchers':>8} {'ramp s':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
         f"{'frames/s':>9} {'deliv %':>7} {'terminal+1000':>14} {'scan s':>6} "
-        f"{'busy':>5} {'others':>6}"
+        f"{'busy':>5} {'others':>6} {'before':>6}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         frames_per_s = row["frames"] / row["measured_s"] if row["measured_s"] > 0 else 0.0
         owner = "" if row["owner_as_chosen"] else " (owner not as chosen)"
+        before = row["others_before"]
         print(
             f"{row['label']:<16} {row['connected']:>8} {row['ramp_s']:>6.1f} "
             f"{row['lag_p50_ms']:>7.0f} {row['lag_p99_ms']:>7.0f} {row['lag_max_ms']:>7.0f} "
             f"{frames_per_s:>9.0f} {100 * row['delivered_share']:>7.1f} "
             f"{row['complete']:>6}/{row['connected']:<7} {row['scan_s']:>6.1f} "
-            f"{row['machine_busy']:>5.2f} {row['others_busy']:>6.2f}{owner}"
+            f"{row['machine_busy']:>5.2f} {row['others_busy']:>6.2f} "
+            f"{'-' if before is None else format(before, '.2f'):>6}{owner}"
         )
 
 
@@ -507,6 +515,11 @@ def main() -> None:
     parser.add_argument("--connect-batch", type=int, default=250)
     parser.add_argument("--ramp-timeout-s", type=float, default=180.0)
     parser.add_argument("--run-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--quiet-wait-s", type=float, default=60.0,
+        help="before each run, wait up to this long for other processes to go quiet",
+    )  # fmt: skip
+    parser.add_argument("--quiet-cpus", type=float, default=0.3, help="what counts as quiet")
     parser.add_argument("--scan-id")
     parser.add_argument("--ports", type=int, nargs="+")
     args = parser.parse_args()
@@ -554,7 +567,8 @@ def main() -> None:
         "deliv % = frames / (snapshots published x watchers), the rest conflated;\n"
         "terminal+1000 = watchers whose last frame was the terminal state, closed 1000; "
         "scan s = the scan's own time;\nbusy = CPUs busy on the machine during the run "
-        "(of 2), others = the part not spent by this benchmark's processes."
+        "(of 2), others = the part not spent by this benchmark's processes;\nbefore = CPUs busy "
+        "in the 5 s before the run (it waits up to --quiet-wait-s for at most --quiet-cpus)."
     )
 
 
