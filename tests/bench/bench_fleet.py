@@ -2,6 +2,7 @@
 
 Run:  .venv/bin/python tests/bench/bench_fleet.py [--watchers 10000] [--process-watchers 19000]
       [--symbols 200000] [--bars 100] [--repeat 1] [--parts fleet processes]
+      [--quiet-wait-s 60 --quiet-cpus 0.3]
 
 Everything is real and on loopback: one PostgreSQL (embedded in a temporary directory,
 started once, unless ``DATABASE_URL`` is set), a ``redis-server`` of its own on a free port
@@ -22,9 +23,11 @@ instance. So each run first fills every instance's single scan slot
 a socket that never answers, which costs no CPU. The measured scan then waits in the fleet
 queue while the watchers connect; cancelling the chosen owner's blocker frees the one slot
 that can claim it, and the other blockers are cancelled once it runs. The measured scan is
-a synthetic one (``--symbols`` x ``--bars``, raised above ``MAX_SYMBOLS_CAP``; keep it under
-``MAX_SCAN_CELLS``), so its progress is published as a real scan's is (at most every
-0.1 s), with the scan's workers competing for the same cores.
+a synthetic one (``--symbols`` x ``--bars``, ``MAX_SYMBOLS_CAP`` raised to allow it; keep it
+under ``MAX_SCAN_CELLS``) with a new seed each run, so no run finds its data cached; its
+progress is published as a real scan's is (at most every 0.1 s), with the scan's workers
+competing for the same cores. 200,000 x 100 takes ~10 s here with 1,000 watchers, and
+longer when the fan-out takes the cores.
 
 Printed per run: lag p50 / p99 / max, frames delivered per second, the share of (watcher,
 snapshot) pairs delivered (the rest conflated for watchers that fell behind), how many
@@ -58,6 +61,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from technic.engine.progress import TERMINAL_STATUSES  # noqa: E402
+
 from tests.bench.bench_fanout import (  # noqa: E402
     HOST,
     RawWatcher,
@@ -74,7 +79,6 @@ SEQ_KEY = b'"seq":'
 # How long a blocker's instance, or the measured scan's owner, may take to claim a scan.
 CLAIM_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 120.0
-TERMINAL_STATUSES = ("completed", "failed", "cancelled", "interrupted")
 
 
 # -- client process ----------------------------------------------------------------------
@@ -313,9 +317,15 @@ def read_line(process: subprocess.Popen[str], prefix: str, timeout_s: float) -> 
 
 
 def measured_run(
-    bench: Bench, api_url: str, slots: int, watch_ports: list[int], owner: int | None, label: str
+    bench: Bench,
+    api_url: str,
+    slots: int,
+    watch_ports: list[int],
+    owner: int | None,
+    label: str,
+    watchers: int,
 ) -> dict[str, Any]:
-    """One scan watched by the bench's watchers (module docstring: blockers, then the scan
+    """One scan watched by ``watchers`` watchers (module docstring: blockers, then the scan
     queued while they connect, then the owner's slot freed). ``owner`` is the pid of the
     instance that must run it, or None for any."""
     args = bench.args
@@ -344,7 +354,7 @@ def measured_run(
     client = subprocess.Popen(
         [
             sys.executable, __file__, "--role", "client", "--scan-id", scan_id,
-            "--watchers", str(args.watchers_now), "--ports", *map(str, watch_ports),
+            "--watchers", str(watchers), "--ports", *map(str, watch_ports),
             "--connect-batch", str(args.connect_batch),
             "--ramp-timeout-s", str(args.ramp_timeout_s),
             "--run-timeout-s", str(args.run_timeout_s),
@@ -408,11 +418,12 @@ def fleet_part(bench: Bench, directory: Path) -> list[dict[str, Any]]:
         a, b, c = servers
         assert a.process is not None
         rows = []
-        bench.args.watchers_now = bench.args.watchers
         for _ in range(bench.args.repeat):
             for label, ports in (("split over B+C", [b.port, c.port]), ("all on A", [a.port])):
                 print(f"fleet: {bench.args.watchers} watchers {label} ...", file=sys.stderr)
-                rows.append(measured_run(bench, a.url, 3, ports, a.process.pid, label))
+                rows.append(
+                    measured_run(bench, a.url, 3, ports, a.process.pid, label, bench.args.watchers)
+                )
         return rows
     finally:
         for server in servers:
@@ -458,7 +469,6 @@ def serve_processes(env: dict[str, str], processes: int, log: Path) -> Iterator[
 
 def processes_part(bench: Bench, directory: Path) -> list[dict[str, Any]]:
     rows = []
-    bench.args.watchers_now = bench.args.process_watchers
     for _ in range(bench.args.repeat):
         for processes in (1, 2):
             label = f"--processes {processes}"
@@ -468,7 +478,11 @@ def processes_part(bench: Bench, directory: Path) -> list[dict[str, Any]]:
             env = {**bench.env, "MAX_WORKERS": "2"}
             with serve_processes(env, processes, directory / f"processes-{processes}.log") as url:
                 port = int(url.rsplit(":", 1)[1])
-                rows.append(measured_run(bench, url, processes, [port], None, label))
+                rows.append(
+                    measured_run(
+                        bench, url, processes, [port], None, label, bench.args.process_watchers
+                    )
+                )
     return rows
 
 
