@@ -269,6 +269,19 @@ async def run_server(args: argparse.Namespace) -> None:
 # -- client process ----------------------------------------------------------------------
 
 
+def published_at_of(payload: bytes) -> float | None:
+    """A snapshot's ``published_at`` without parsing its JSON (the key is the last but one
+    in the service's snapshots, followed by ``epoch``; the last in this bench's)."""
+    at = payload.rfind(PUBLISHED_AT_KEY)
+    if at < 0:
+        return None
+    at += len(PUBLISHED_AT_KEY)
+    end = at
+    while end < len(payload) and payload[end] not in b",}":
+        end += 1
+    return float(payload[at:end])
+
+
 def masked_frame(opcode: int, payload: bytes) -> bytes:
     """A client-to-server frame (clients must mask, RFC 6455 5.3); short payloads only."""
     mask = os.urandom(4)
@@ -333,11 +346,7 @@ class RawWatcher(asyncio.Protocol):
             payload = bytes(buffer[position + head : position + head + length])
             position += head + length
             if opcode == 0x1:
-                at = payload.rfind(PUBLISHED_AT_KEY) + len(PUBLISHED_AT_KEY)
-                self.last_at = time.time()
-                self.lags.append(self.last_at - float(payload[at : payload.index(b"}", at)]))
-                self.frames += 1
-                self.last = payload
+                self.on_text(payload)
             elif opcode == 0x8:
                 self.close_code = int.from_bytes(payload[:2], "big") if payload else None
                 assert self.transport is not None
@@ -347,6 +356,15 @@ class RawWatcher(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.write(masked_frame(0xA, payload))
         del buffer[:position]
+
+    def on_text(self, payload: bytes) -> None:
+        """One snapshot received; a subclass records what its benchmark needs instead."""
+        self.last_at = time.time()
+        published_at = published_at_of(payload)
+        if published_at is not None:
+            self.lags.append(self.last_at - published_at)
+        self.frames += 1
+        self.last = payload
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
