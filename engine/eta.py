@@ -67,34 +67,27 @@ class StagePrior:
         return self.fixed_s + self.per_unit_s * max(units, 0.0) + self.tail_s
 
 
-# Cold-start priors per provider, measured on this code (see the module docstring). A network
-# provider's data_fetching is paced by its rate limit (``set_pace``), which the tracker uses
-# on top of these.
+# Cold-start priors, measured on this code (see the module docstring): the engine's work on
+# the bundled sample (csv files cost the same per symbol), and on generated symbols.
+MEASURED_SAMPLE_PRIORS: dict[str, StagePrior] = {
+    "universe_loading": StagePrior(0.0029, 0.0),
+    "data_fetching": StagePrior(0.0, 0.0001),
+    "symbol_scanning": StagePrior(0.011, 8.1e-05),
+    "finalization": StagePrior(0.0018, 7.9e-06),
+}
+MEASURED_SYNTHETIC_PRIORS: dict[str, StagePrior] = {
+    "universe_loading": StagePrior(0.0, 1.4e-06),
+    "data_fetching": StagePrior(0.0, 8.4e-05),
+    "symbol_scanning": StagePrior(0.022, 1e-05),
+    "finalization": StagePrior(0.0, 5.9e-06),
+}
+# Per provider. A network provider's data_fetching is paced by its rate limit
+# (``set_pace``), which the tracker applies on top of its small fixed cost here.
 DEFAULT_PRIORS: dict[str, dict[str, StagePrior]] = {
-    "sample": {
-        "universe_loading": StagePrior(0.0029, 0.0),
-        "data_fetching": StagePrior(0.0, 0.0001),
-        "symbol_scanning": StagePrior(0.011, 8.1e-05),
-        "finalization": StagePrior(0.0018, 7.9e-06),
-    },
-    "csv": {
-        "universe_loading": StagePrior(0.0029, 0.0),
-        "data_fetching": StagePrior(0.0, 0.0001),
-        "symbol_scanning": StagePrior(0.011, 8.1e-05),
-        "finalization": StagePrior(0.0018, 7.9e-06),
-    },
-    "synthetic": {
-        "universe_loading": StagePrior(0.0, 1.4e-06),
-        "data_fetching": StagePrior(0.0, 8.4e-05),
-        "symbol_scanning": StagePrior(0.022, 1e-05),
-        "finalization": StagePrior(0.0, 5.9e-06),
-    },
-    "polygon": {
-        "universe_loading": StagePrior(0.0029, 0.0),
-        "data_fetching": StagePrior(0.05, 0.0),
-        "symbol_scanning": StagePrior(0.011, 8.1e-05),
-        "finalization": StagePrior(0.0018, 7.9e-06),
-    },
+    "sample": MEASURED_SAMPLE_PRIORS,
+    "csv": MEASURED_SAMPLE_PRIORS,
+    "synthetic": MEASURED_SYNTHETIC_PRIORS,
+    "polygon": {**MEASURED_SAMPLE_PRIORS, "data_fetching": StagePrior(0.05, 0.0)},
 }
 
 

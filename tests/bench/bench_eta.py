@@ -504,19 +504,16 @@ def measure_defaults(args: argparse.Namespace) -> None:
                 fixed, per_unit = least_squares(points[temperature][stage])
                 print(f"  {stage}: fixed {fixed:.4f} s + {per_unit:.3g} s/unit")
         fitted[provider] = {s: least_squares(points["cold"][s]) for s in STAGES}
-    fitted["csv"] = fitted["sample"]
-    polygon = dict(fitted["sample"])
-    polygon["data_fetching"] = (0.05, 0.0)  # paced by the rate limit (set_pace)
-    fitted["polygon"] = polygon
-    print("\nDEFAULT_PRIORS (cold scans; polygon: the sample's engine work, fetch paced):")
-    print("DEFAULT_PRIORS: dict[str, dict[str, StagePrior]] = {")
-    for provider in ("sample", "csv", "synthetic", "polygon"):
-        print(f'    "{provider}": {{')
+    print("\nto paste into engine/eta.py (cold scans; csv and polygon reuse the sample's):")
+    for provider, name in (
+        ("sample", "MEASURED_SAMPLE_PRIORS"),
+        ("synthetic", "MEASURED_SYNTHETIC_PRIORS"),
+    ):
+        print(f"{name}: dict[str, StagePrior] = {{")
         for stage in STAGES:
             fixed, per_unit = fitted[provider][stage]
-            print(f'        "{stage}": StagePrior({_round(fixed)}, {_round(per_unit)}),')
-        print("    },")
-    print("}")
+            print(f'    "{stage}": StagePrior({_round(fixed)}, {_round(per_unit)}),')
+        print("}")
 
 
 def _round(value: float) -> str:
