@@ -51,13 +51,11 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +66,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.bench.bench_service import serve  # noqa: E402
 from tests.polygon_standin import StandIn  # noqa: E402
 
 CHECKPOINTS = (10, 25, 50, 75, 90)
@@ -103,12 +102,6 @@ class ScanFigures:
     time_stall_s: float
     overall_stall_s: float
     estimated_time_progress: bool
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- figures of one scan (pure: a list of samples in, numbers out) ---------------------------
@@ -203,31 +196,6 @@ def figures(
 
 
 # -- driving a server ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def serve(extra_env: dict[str, str]) -> Iterator[str]:
-    """A ``technic serve`` with a fresh data directory; yields its URL."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="technic-bench-eta-") as data_dir:
-        env = {
-            **os.environ,
-            "PORT": str(port),
-            "TECHNIC_DATA_DIR": data_dir,
-            "LOG_LEVEL": "WARNING",
-            **extra_env,
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "technic.cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:

@@ -24,25 +24,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import resource
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.bench.bench_service import serve  # noqa: E402
 
 
 async def wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float = 120) -> None:
@@ -155,25 +148,8 @@ def main() -> None:
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port = free_port()
-    with tempfile.TemporaryDirectory() as data_dir:
-        env = {
-            **os.environ,
-            "PORT": str(port),
-            "TECHNIC_DATA_DIR": data_dir,
-            "LOG_LEVEL": "WARNING",
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "technic.cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            asyncio.run(bench(args, f"http://127.0.0.1:{port}"))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with serve() as url:
+        asyncio.run(bench(args, url))
 
 
 if __name__ == "__main__":
