@@ -66,7 +66,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.bench_service import serve  # noqa: E402
+from tests.bench.bench_service import serve, wait_ready  # noqa: E402
 from tests.polygon_standin import StandIn  # noqa: E402
 
 CHECKPOINTS = (10, 25, 50, 75, 90)
@@ -196,17 +196,6 @@ def figures(
 
 
 # -- driving a server ------------------------------------------------------------------------
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(f"{url}/health") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.2)
-    raise SystemExit("the server did not start")
 
 
 async def watched_scan(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import resource
 import statistics
 import sys
@@ -35,18 +34,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.bench_service import serve  # noqa: E402
-
-
-async def wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(f"{url}/health") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.2)
-    raise SystemExit("the server did not start")
+from tests.bench.bench_service import serve, wait_ready  # noqa: E402
 
 
 async def start(session: aiohttp.ClientSession, url: str, body: dict) -> str:

@@ -7,17 +7,22 @@ stopped when the ``with`` block ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT_S = 60
+START_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -49,3 +54,15 @@ def serve(extra_env: dict[str, str] | None = None) -> Iterator[str]:
         finally:
             server.terminate()
             server.wait(timeout=STOP_TIMEOUT_S)
+
+
+async def wait_ready(session: aiohttp.ClientSession, url: str) -> None:
+    """Until the server answers /health (its database migrated, its workers started)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(f"{url}/health") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.2)
+    raise SystemExit("the server did not start")
