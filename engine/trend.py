@@ -28,7 +28,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 BIN_FLOOR_S: Final = 0.001
@@ -43,6 +43,21 @@ SLOWER_RATIO: Final = 1.2
 FASTER_RATIO: Final = 0.8
 
 Trend = Literal["slower", "faster", "steady", "unknown"]
+TrendInterval = Literal["1h", "1d", "1w"]
+INTERVAL_STEPS: Final[dict[TrendInterval, timedelta]] = {
+    "1h": timedelta(hours=1),
+    "1d": timedelta(days=1),
+    "1w": timedelta(weeks=1),
+}
+# intervals are counted from a Monday midnight UTC, so weeks start on Mondays
+INTERVAL_ORIGIN: Final = datetime(2001, 1, 1, tzinfo=UTC)
+
+
+def interval_start(moment: datetime, interval: TrendInterval) -> datetime:
+    """The start of the interval holding ``moment`` (the database's ``date_bin`` with the same
+    step and ``INTERVAL_ORIGIN``)."""
+    step = INTERVAL_STEPS[interval]
+    return INTERVAL_ORIGIN + (moment - INTERVAL_ORIGIN) // step * step
 
 
 def bin_bounds(index: int) -> tuple[float, float]:

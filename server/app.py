@@ -29,7 +29,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ from technic.server.views import (
     results_csv,
     scan_summary,
     stats_json,
+    trend_json,
 )
 from technic.storage import (
     CANCEL_CHANNEL,
@@ -633,16 +634,33 @@ async def accuracy_stats(request: web.Request) -> web.Response:
     now = dt.datetime.now(dt.UTC)
     since = now - parse_window(query.get("since") or "7d")
     until = now - parse_window(query["until"], field="until") if query.get("until") else now
-    bucket = None
-    if query.get("bucket"):
-        try:
-            bucket = SizeBucket.parse(query["bucket"])
-        except ValueError as error:
-            raise RequestError(str(error), field="bucket") from error
+    bucket = _bucket(query)
     stats = await request.app[DATABASE].repository.accuracy_stats(
         since, until, provider=query.get("provider") or None, bucket=bucket
     )
     return json_response(accuracy_json(stats))
+
+
+async def stage_trend(request: web.Request) -> web.Response:
+    query = request.query
+    bucket = _bucket(query)
+    trend = await request.app[DATABASE].repository.stage_trend(
+        since=dt.datetime.now(dt.UTC) - parse_window(query.get("since") or "30d"),
+        interval=query.get("interval") or "1d",  # type: ignore[arg-type]  # checked there
+        stage=query.get("stage") or None,  # type: ignore[arg-type]
+        provider=query.get("provider") or None,
+        bucket=bucket,
+    )
+    return json_response(trend_json(trend, bucket))
+
+
+def _bucket(query: Mapping[str, str]) -> SizeBucket | None:
+    if not query.get("bucket"):
+        return None
+    try:
+        return SizeBucket.parse(query["bucket"])
+    except ValueError as error:
+        raise RequestError(str(error), field="bucket") from error
 
 
 async def health(request: web.Request) -> web.Response:
@@ -855,6 +873,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/scan/active", active_scans)
     app.router.add_get("/scans", list_scans)
     app.router.add_get("/stats/stages", stage_stats)
+    app.router.add_get("/stats/stages/trend", stage_trend)
     app.router.add_get("/stats/accuracy", accuracy_stats)
     app.router.add_get("/universe", universe_routes.universe_sectors)
     app.router.add_get("/health", health)

@@ -13,7 +13,8 @@ from typing import Any
 
 from technic.engine.fields import ROW_FIELDS
 from technic.engine.progress import SCAN_STAGES, format_eta
-from technic.storage import AccuracyStats, Scan, SizeBucket, StageStats
+from technic.engine.trend import IntervalP50, verdict
+from technic.storage import AccuracyStats, Scan, SizeBucket, StageStats, StageTrend
 
 PERFORMANCE_KEYS = (
     "total_seconds",
@@ -178,6 +179,44 @@ def _inert_cells(row: Mapping[str, Any]) -> Mapping[str, Any]:
     return {
         key: f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS) else value
         for key, value in row.items()
+    }
+
+
+def trend_json(trend: StageTrend, bucket: SizeBucket | None = None) -> dict[str, Any]:
+    """The JSON shape of ``GET /stats/stages/trend`` and ``technic history --trend``: per
+    stage its intervals and the regression verdict (engine/trend.py) over the full ones."""
+    stages = []
+    for stage, points in trend.stages.items():
+        judged = verdict([IntervalP50(p.start, p.count, p.p50_s) for p in points if p.complete])
+        stages.append(
+            {
+                "stage": stage,
+                "verdict": {
+                    "trend": judged.trend,
+                    "change_pct": judged.change_pct,
+                    "since": judged.since.isoformat() if judged.since else None,
+                    "baseline_p50_s": judged.baseline_p50_s,
+                    "latest": judged.latest.isoformat() if judged.latest else None,
+                },
+                "intervals": [
+                    {
+                        "start": p.start.isoformat(),
+                        "count": p.count,
+                        "p50_s": p.p50_s,
+                        "p90_s": p.p90_s,
+                        "symbols_per_s": p.symbols_per_s,
+                        "complete": p.complete,
+                    }
+                    for p in points
+                ],
+            }
+        )
+    return {
+        "since": trend.since.isoformat(),
+        "until": trend.until.isoformat(),
+        "interval": trend.interval,
+        "bucket": None if bucket is None else bucket.label,
+        "stages": stages,
     }
 
 

@@ -48,6 +48,7 @@ from technic.storage.models import (
     StageStats,
     StageStatus,
     StageTiming,
+    StageTrend,
 )
 from technic.storage.repository import (
     CANCEL_CHANNEL,
@@ -101,6 +102,7 @@ __all__ = [
     "StageStats",
     "StageStatus",
     "StageTiming",
+    "StageTrend",
     "StorageError",
     "connect",
     "connect_url",

@@ -12,6 +12,7 @@ from typing import Any, Final, Literal, get_args
 from uuid import UUID
 
 from technic.engine.progress import ScanStatus, StageStatus
+from technic.engine.trend import TrendInterval
 
 StageName = Literal["universe_loading", "data_fetching", "symbol_scanning", "finalization"]
 
@@ -227,6 +228,30 @@ class StageStats:
         for row in self.stages:
             totals[row.stage] = totals.get(row.stage, 0.0) + row.total_s
         return max(totals, key=lambda s: totals[s]) if totals else None
+
+
+@dataclass(frozen=True, slots=True)
+class TrendPoint:
+    """One interval of a stage's trend. Percentiles come from the duration histogram
+    (engine/trend.py), within 2.5 %; ``complete`` is false for the interval still running."""
+
+    start: datetime
+    count: int
+    p50_s: float
+    p90_s: float
+    symbols_per_s: float | None
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StageTrend:
+    """The answer of ``stage_trend``: per stage in pipeline order, its intervals oldest first
+    (intervals without a completed run are absent)."""
+
+    since: datetime
+    until: datetime
+    interval: TrendInterval
+    stages: dict[StageName, list[TrendPoint]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,13 @@ import orjson
 from technic.engine.eta import CHECKPOINTS, HISTORY_SCANS, EtaCheckpoint, ScanAccuracy
 from technic.engine.fields import SIGNALS
 from technic.engine.progress import TERMINAL_STATUSES
+from technic.engine.trend import (
+    INTERVAL_ORIGIN,
+    INTERVAL_STEPS,
+    TrendInterval,
+    interval_start,
+    quantile,
+)
 from technic.storage._pg import db_call
 from technic.storage.errors import (
     DatabaseUnavailable,
@@ -64,6 +71,8 @@ from technic.storage.models import (
     StageStats,
     StageStatus,
     StageTiming,
+    StageTrend,
+    TrendPoint,
 )
 
 MAX_PAGE_SIZE: Final = 1000
@@ -139,6 +148,23 @@ ETA_HISTORY_SQL: Final = """
     FROM recent r JOIN stage_timings t ON t.scan_id = r.id
     WHERE t.status = 'completed' AND t.units_done IS NOT NULL
     ORDER BY r.finished_at DESC, r.id DESC
+"""
+
+# stage_trend: $1 the stages, $2 since, $3 until, $4 the interval step, $5 its origin, $6 a
+# provider and $7 a universe-size digit count (both optional). Per stage one index-only range
+# scan of stage_timing_rollup_pkey over the window's hours, summed per interval and bin.
+STAGE_TREND_SQL: Final = """
+    SELECT s.stage, a.*
+    FROM unnest($1::text[]) AS s (stage)
+    CROSS JOIN LATERAL (
+        SELECT date_bin($4::interval, r.hour, $5::timestamptz) AS start, r.bin,
+               sum(r.n)::bigint AS n, sum(r.units)::bigint AS units, sum(r.unit_s) AS unit_s
+        FROM stage_timing_rollup r
+        WHERE r.stage = s.stage AND r.hour >= $2 AND r.hour < $3
+          AND ($6::text IS NULL OR r.provider = $6::text)
+          AND ($7::smallint IS NULL OR r.size_digits = $7::smallint)
+        GROUP BY 1, 2
+    ) AS a
 """
 
 # accuracy_stats: $1 since, $2 until, $3 provider, $4 and $5 the size bucket (all optional
@@ -1049,6 +1075,67 @@ class Repository:
             records = await conn.fetch(sql, *query.args)
         return StageStats(start, end, by_bucket, _stage_stat_rows(records, by_bucket, bucket))
 
+    @db_call("stage trend")
+    async def stage_trend(
+        self,
+        *,
+        since: datetime,
+        interval: TrendInterval,
+        until: datetime | None = None,
+        stage: StageName | None = None,
+        provider: str | None = None,
+        bucket: SizeBucket | None = None,
+    ) -> StageTrend:
+        """Per stage and interval of ``[since, until)``: count, p50, p90 and symbols/s of the
+        completed runs, from the hourly rollup (migration 0005).
+
+        ``since`` is moved back to the start of its interval, so the first one is whole; the
+        interval holding ``until`` is marked incomplete unless ``until`` is its end.
+        """
+        if interval not in INTERVAL_STEPS:
+            raise InvalidInput("interval", f"must be one of {', '.join(INTERVAL_STEPS)}")
+        step = INTERVAL_STEPS[interval]
+        end = datetime.now(UTC) if until is None else _aware("until", until)
+        start = interval_start(_aware("since", since), interval)
+        if end <= start:
+            raise InvalidInput("until", "must be later than since")
+        if stage is not None:
+            _check_stage(stage)
+        if provider is not None:
+            _text("provider", provider)
+        if bucket is not None and not isinstance(bucket, SizeBucket):
+            raise InvalidInput("bucket", "must be a SizeBucket")
+        digits = None if bucket is None else len(str(bucket.high))
+        stages = list(STAGES) if stage is None else [stage]
+        async with self._pool.acquire() as conn:
+            records = await conn.fetch(
+                STAGE_TREND_SQL, stages, start, end, step, INTERVAL_ORIGIN, provider, digits
+            )
+        sums: dict[tuple[str, datetime], tuple[dict[int, int], list[float]]] = {}
+        for record in records:
+            histogram, rate = sums.setdefault((record["stage"], record["start"]), ({}, [0, 0.0]))
+            histogram[record["bin"]] = histogram.get(record["bin"], 0) + record["n"]
+            rate[0] += record["units"]
+            rate[1] += record["unit_s"]
+        trend = StageTrend(start, end, interval)
+        for (name, first), (histogram, (units, unit_s)) in sorted(
+            sums.items(), key=lambda item: (STAGES.index(item[0][0]), item[0][1])
+        ):
+            count = sum(histogram.values())
+            if count <= 0:
+                continue
+            trend.stages.setdefault(name, []).append(
+                TrendPoint(
+                    first,
+                    count,
+                    quantile(histogram, 0.5) or 0.0,
+                    quantile(histogram, 0.9) or 0.0,
+                    units / unit_s if unit_s > 0 else None,
+                    first + step <= end,
+                )
+            )
+        return trend
+
     # --------------------------------------------------------------- accuracy
 
     @db_call("record accuracy")
@@ -1373,8 +1460,9 @@ async def _insert_scan(
                 VALUES ($1, $2, $3, $4, $6)
                 RETURNING {_SCAN_COLUMNS}
             ), t AS (
-                INSERT INTO stage_timings (scan_id, stage, universe_size)
-                SELECT s.id, stage, s.universe_size FROM s, unnest($5::text[]) AS stage
+                INSERT INTO stage_timings (scan_id, stage, universe_size, provider)
+                SELECT s.id, stage, s.universe_size, s.config->>'provider'
+                FROM s, unnest($5::text[]) AS stage
             )
             SELECT * FROM s
             """,
