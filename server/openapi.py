@@ -352,6 +352,44 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "stages": {"type": "array", "items": _ref("StageStatsRow")},
             }
         ),
+        "TrendInterval": _object(
+            {
+                "start": TIMESTAMP,
+                "count": {"type": "integer", "minimum": 1},
+                "p50_s": {"type": "number", "minimum": 0},
+                "p90_s": {"type": "number", "minimum": 0},
+                "symbols_per_s": _or_null({"type": "number", "minimum": 0}),
+                "complete": {
+                    "type": "boolean",
+                    "description": "False for the interval still running (never judged).",
+                },
+            }
+        ),
+        "TrendVerdict": _object(
+            {
+                "trend": {"enum": ["slower", "faster", "steady", "unknown"]},
+                "change_pct": _or_null(NUMBER),
+                "since": _or_null(TIMESTAMP),
+                "baseline_p50_s": _or_null({"type": "number", "minimum": 0}),
+                "latest": _or_null(TIMESTAMP),
+            }
+        ),
+        "StageTrendRow": _object(
+            {
+                "stage": {"enum": STAGE_NAMES},
+                "verdict": _ref("TrendVerdict"),
+                "intervals": {"type": "array", "items": _ref("TrendInterval")},
+            }
+        ),
+        "StageTrend": _object(
+            {
+                "since": TIMESTAMP,
+                "until": TIMESTAMP,
+                "interval": {"enum": ["1h", "1d", "1w"]},
+                "bucket": _or_null(STRING),
+                "stages": {"type": "array", "items": _ref("StageTrendRow")},
+            }
+        ),
         "AccuracyCheckpoint": _object(
             {
                 "checkpoint": {"enum": list(CHECKPOINTS)},
@@ -793,6 +831,31 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         "by_bucket",
                         {"enum": ["true", "false", "1", "0"], "default": "false"},
                         "Also split by universe size (0-9, 10-99, ...).",
+                    ),
+                ],
+                settings=settings,
+            )
+        },
+        "/stats/stages/trend": {
+            "get": _operation(
+                "stageTrend",
+                "Per stage and interval: count, p50/p90, symbols/s, and a regression verdict",
+                {
+                    "200": _json_ok(
+                        "StageTrend", "Stages in pipeline order, intervals oldest first."
+                    )
+                },
+                errors=("ServiceUnavailable",),
+                protected=True,
+                parameters=[
+                    _window("since", "The window looked at", default="30d"),
+                    _query("interval", {"enum": ["1h", "1d", "1w"], "default": "1d"}, "Interval."),
+                    _query("stage", {"enum": STAGE_NAMES}, "Only this stage."),
+                    _query("provider", STRING, "Only this provider's scans."),
+                    _query(
+                        "bucket",
+                        {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
+                        "Only this universe-size bucket (1000-9999), or a size's (2500).",
                     ),
                 ],
                 settings=settings,

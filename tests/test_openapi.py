@@ -262,6 +262,16 @@ async def test_real_answers_match_the_document(database_url: str, tmp_path: Path
     assert {200, 202, 204, 400, 401, 404, 409, 413, 429, 503} <= statuses
 
 
+async def test_trend_answers_match_the_document(database_url: str, tmp_path: Path) -> None:
+    async with serve(settings_for(database_url, tmp_path)) as service:
+        check = (await contract_of(service)).check
+        path = "/stats/stages/trend"
+        assert (await (await check(await service.get(path), path)).json())["stages"] == []
+        await check(await service.get(f"{path}?interval=1h&stage=finalization&bucket=40"), path)
+        for bad in ("interval=2d", "stage=warp", "bucket=1000-5000"):
+            assert (await check(await service.get(f"{path}?{bad}"), path)).status == 400
+
+
 async def test_accuracy_answers_match_the_document(database_url: str, tmp_path: Path) -> None:
     async with serve(settings_for(database_url, tmp_path)) as service:
         check = (await contract_of(service)).check
