@@ -20,6 +20,7 @@ TABLES = {
     "scan_failures",
     "scan_owners",
     "eta_checkpoints",
+    "stage_timing_rollup",
     "schema_migrations",
 }
 
