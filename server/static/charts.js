@@ -90,8 +90,14 @@ export function barChart(items, { width = 600, title = "", labelWidth = 140 } = 
 /**
  * Lines over a shared x axis: ``series`` = ``[{key, name, color, values: [number|null]}]``,
  * ``points`` = ``[{label, title, href}]`` (one per x position, e.g. one per scan).
+ * With ``onPick(i)`` every x position is also a column a click or Enter picks (``picked``
+ * is drawn marked), for charts whose points are intervals rather than single scans.
  */
-export function lineChart(series, points, { width = 700, height = 260, title = "" } = {}) {
+export function lineChart(
+  series,
+  points,
+  { width = 700, height = 260, title = "", onPick = null, picked = null } = {},
+) {
   const margin = { top: 14, right: 16, bottom: 38, left: 52 };
   const plotWidth = Math.max(80, width - margin.left - margin.right);
   const plotHeight = height - margin.top - margin.bottom;
@@ -142,7 +148,44 @@ export function lineChart(series, points, { width = 700, height = 260, title = "
     });
     chart.append(group);
   }
+  if (onPick) {
+    chart.setAttribute("role", "group"); // an image's parts are hidden from assistive tech
+    chart.append(pickColumns(points, x, margin.top, plotHeight, onPick, picked));
+  }
   return chart;
+}
+
+/** One transparent, focusable column per x position, on top of the lines. */
+function pickColumns(points, x, top, plotHeight, onPick, picked) {
+  const columns = svg("g", { class: "pick-columns" });
+  points.forEach((point, i) => {
+    const left = i === 0 ? x(0) - 12 : (x(i - 1) + x(i)) / 2;
+    const right = i === points.length - 1 ? x(i) + 12 : (x(i) + x(i + 1)) / 2;
+    const column = svg(
+      "rect",
+      {
+        x: left,
+        y: top,
+        width: Math.max(2, right - left),
+        height: plotHeight,
+        class: i === picked ? "pick picked" : "pick",
+        tabindex: 0,
+        role: "button",
+        "aria-label": `${point.title || point.label}: list its scans`,
+        "aria-pressed": i === picked ? "true" : "false",
+        "data-start": point.start || null,
+      },
+      svg("title", {}, point.title || point.label),
+    );
+    column.addEventListener("click", () => onPick(i));
+    column.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();
+      onPick(i);
+    });
+    columns.append(column);
+  });
+  return columns;
 }
 
 function signedPercent(value) {
