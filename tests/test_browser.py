@@ -697,9 +697,11 @@ def test_history_flags_the_slower_stage_and_lists_an_intervals_scans(
         tab.locator("#interval-scans").scroll_into_view_if_needed()
         shot(tab, "history-trend-interval")
 
-        # the keyboard picks too: the day before the onset
+        # the keyboard picks too: one tab stop, the arrows move along it, Enter picks
+        assert tab.locator("#trend-chart rect.pick[tabindex='0']").count() == 1
+        assert tab.evaluate("document.activeElement.dataset.start") == ONSET.isoformat()
         before = ONSET - timedelta(days=1)
-        tab.focus(f"#trend-chart rect.pick[data-start='{before.isoformat()}']")
+        tab.keyboard.press("ArrowLeft")
         tab.keyboard.press("Enter")
         tab.wait_for_function(
             "t => document.querySelector('#interval-scans-title').textContent === t",

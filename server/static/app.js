@@ -1475,6 +1475,7 @@ function trendCard(intervalPicker) {
         title: `${intervalName(start, data.interval)}${partial ? " (so far)" : ""}, ${plural(runs, "run")}`,
       };
     });
+    const hadFocus = chartBox.contains(document.activeElement);
     chartBox.replaceChildren(
       lineChart(series, points, {
         width,
@@ -1484,6 +1485,7 @@ function trendCard(intervalPicker) {
         picked: picked === null ? null : xs.indexOf(picked),
       }),
     );
+    if (hadFocus) chartBox.querySelector("rect.pick[tabindex='0']")?.focus(); // a redraw keeps it
     legend.replaceChildren(
       ...rows.map(([stage]) =>
         h("li", {}, h("span", { class: "swatch", style: `background: ${stage.color}` }), stage.label),

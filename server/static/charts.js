@@ -155,9 +155,20 @@ export function lineChart(
   return chart;
 }
 
-/** One transparent, focusable column per x position, on top of the lines. */
+/**
+ * One transparent column per x position, on top of the lines. One tab stop for them all
+ * (the picked column, else the latest): the arrow keys move between columns, Enter picks.
+ */
 function pickColumns(points, x, top, plotHeight, onPick, picked) {
   const columns = svg("g", { class: "pick-columns" });
+  const stop = Number.isInteger(picked) && picked >= 0 ? picked : points.length - 1;
+  const move = (from, step) => {
+    const next = columns.children[from + step];
+    if (!next) return;
+    columns.children[from].setAttribute("tabindex", -1);
+    next.setAttribute("tabindex", 0);
+    next.focus();
+  };
   points.forEach((point, i) => {
     const left = i === 0 ? x(0) - 12 : (x(i - 1) + x(i)) / 2;
     const right = i === points.length - 1 ? x(i) + 12 : (x(i) + x(i + 1)) / 2;
@@ -169,7 +180,7 @@ function pickColumns(points, x, top, plotHeight, onPick, picked) {
         width: Math.max(2, right - left),
         height: plotHeight,
         class: i === picked ? "pick picked" : "pick",
-        tabindex: 0,
+        tabindex: i === stop ? 0 : -1,
         role: "button",
         "aria-label": `${point.title || point.label}: list its scans`,
         "aria-pressed": i === picked ? "true" : "false",
@@ -179,9 +190,11 @@ function pickColumns(points, x, top, plotHeight, onPick, picked) {
     );
     column.addEventListener("click", () => onPick(i));
     column.addEventListener("keydown", (event) => {
-      if (event.key !== "Enter" && event.key !== " ") return;
+      const step = { ArrowLeft: -1, ArrowRight: 1, Home: -i, End: points.length - 1 - i }[event.key];
+      if (step !== undefined) move(i, step);
+      else if (event.key === "Enter" || event.key === " ") onPick(i);
+      else return;
       event.preventDefault();
-      onPick(i);
     });
     columns.append(column);
   });
