@@ -609,9 +609,11 @@ async def list_scans(request: web.Request) -> web.Response:
     query = request.query
     limit = parse_int(query, "limit", 50, 1, 500)
     status = query.get("status") or None
-    since = dt.datetime.now(dt.UTC) - parse_window(query["since"]) if query.get("since") else None
+    now = dt.datetime.now(dt.UTC)
+    since = now - parse_window(query["since"]) if query.get("since") else None
+    until = now - parse_window(query["until"], field="until") if query.get("until") else None
     page = await request.app[DATABASE].repository.list_scans(
-        status=status, since=since, limit=limit, cursor=query.get("cursor") or None
+        status=status, since=since, until=until, limit=limit, cursor=query.get("cursor") or None
     )
     return json_response(
         {"scans": [scan_summary(scan) for scan in page.scans], "next_cursor": page.next_cursor}

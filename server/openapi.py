@@ -808,6 +808,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 parameters=[
                     _query("status", {"enum": list(SCAN_STATUSES)}, "Only scans in this status."),
                     _window("since", "Only scans created within this window", default=None),
+                    _window("until", "Only scans created at least this long ago", default=None),
                     _query(
                         "limit",
                         {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},

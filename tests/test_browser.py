@@ -13,6 +13,7 @@ module is skipped, saying why, only where Playwright or Chromium cannot be found
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -20,13 +21,17 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from technic.storage import connect_url
 
 from tests.live_server import OUTPUT, Server, running_scans, running_server, wait_until
+from tests.test_stage_trend import ONSET, seed_history
 
 pytestmark = pytest.mark.browser
 
@@ -608,4 +613,115 @@ def test_history_shows_how_right_the_etas_were(
         assert tab.evaluate("document.scrollingElement.scrollWidth <= innerWidth")
         tab.locator("#accuracy-chart").scroll_into_view_if_needed()
         shot(tab, "phone-history-accuracy")
+    assert console.errors == []
+
+
+def seed_trend(database_url: str) -> None:
+    """tests/test_stage_trend.py's months of timings, written on a loop of its own in a worker
+    thread (Playwright's sync API keeps a loop running in the test thread)."""
+
+    async def seed() -> None:
+        database = await connect_url(database_url, migrate=False, max_size=2)
+        try:
+            await seed_history(database.repository)
+        finally:
+            await database.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, seed()).result()
+
+
+def test_history_flags_the_slower_stage_and_lists_an_intervals_scans(
+    browser: Any, pg_server_url: str, tmp_path: Path, console: Console
+) -> None:
+    """Months of stage timings with symbol scanning 40 % slower from ONSET and data fetching
+    noisy but steady: one line per stage, the regression in words, an interval's scans."""
+    with (
+        running_server(pg_server_url, tmp_path / "data", "browser-trend-server.log") as service,
+        new_tab(browser, console) as tab,
+    ):
+        tab.goto(f"{service.url}/#/history")
+        empty = tab.locator("#trend-chart .empty")
+        empty.wait_for()
+        assert "No stage timings in this window yet" in empty.text_content()
+        assert tab.locator("#trend-verdicts li").count() == 0
+
+        seed_trend(service.env["DATABASE_URL"])
+        tab.reload()
+        tab.select_option("#history-window", "30d")
+        trend = service.api("GET", "/stats/stages/trend?since=30d&interval=1d")
+        # the 7-day chart drawn first is replaced by the 30-day one: wait for all its days
+        tab.wait_for_function(
+            "n => document.querySelectorAll('#trend-chart rect.pick').length === n",
+            arg=len(trend["stages"][0]["intervals"]),
+        )
+        stages = [row["stage"] for row in trend["stages"]]
+        assert stages == ["data_fetching", "symbol_scanning"]
+        lines = tab.locator("#trend-chart g.series")
+        assert [lines.nth(i).get_attribute("data-stage") for i in range(2)] == stages
+        for row in trend["stages"]:
+            dots = tab.locator(f"#trend-chart g.series[data-stage='{row['stage']}'] circle")
+            assert dots.count() == len(row["intervals"]) >= 30
+
+        slower = tab.locator("#trend-verdicts li[data-trend='slower']")
+        assert slower.count() == 1
+        words = slower.text_content()
+        match = re.search(r"Symbol Scanning p50 \+(\d+) % since (\w+ \d+)", words)
+        assert match, words
+        assert abs(int(match[1]) - 40) <= 6, words
+        assert match[2] == f"{ONSET:%b} {ONSET.day}", words
+        steady = tab.locator("#trend-verdicts li[data-stage='data_fetching']").text_content()
+        assert steady.startswith("Data Fetching p50 steady"), steady
+        shot(tab, "history-trend", full_page=True)
+
+        # the onset day's scans: the twelve the seed wrote that day, newest first
+        day_scans = [
+            scan
+            for scan in service.api("GET", "/scans?since=8d&limit=500")["scans"]
+            if ONSET.isoformat() <= scan["created_at"] < (ONSET + timedelta(days=1)).isoformat()
+        ]
+        assert len(day_scans) == 12
+        tab.click(f"#trend-chart rect.pick[data-start='{ONSET.isoformat()}']")
+        rows = tab.locator("#interval-scans tbody tr")
+        tab.wait_for_function("document.querySelectorAll('#interval-scans tbody tr').length > 0")
+        assert [rows.nth(i).get_attribute("data-scan") for i in range(rows.count())] == [
+            scan["scan_id"] for scan in day_scans
+        ]
+        assert tab.locator("#interval-scans-title").text_content() == f"Scans of {match[2]}"
+        assert "12 scans created in this interval" in tab.locator("#interval-scans").text_content()
+        what = tab.locator("#interval-scans td.what").all_text_contents()
+        assert sum(text.startswith("Polygon") for text in what) == 3, what  # k % 4 == 0
+        picked = tab.locator("#trend-chart rect.pick.picked")
+        assert picked.get_attribute("data-start") == ONSET.isoformat()
+        assert picked.get_attribute("aria-pressed") == "true"
+        tab.locator("#interval-scans").scroll_into_view_if_needed()
+        shot(tab, "history-trend-interval")
+
+        # the keyboard picks too: one tab stop, the arrows move along it, Enter picks
+        assert tab.locator("#trend-chart rect.pick[tabindex='0']").count() == 1
+        assert tab.evaluate("document.activeElement.dataset.start") == ONSET.isoformat()
+        before = ONSET - timedelta(days=1)
+        tab.keyboard.press("ArrowLeft")
+        tab.keyboard.press("Enter")
+        tab.wait_for_function(
+            "t => document.querySelector('#interval-scans-title').textContent === t",
+            arg=f"Scans of {before:%b} {before.day}",
+        )
+        tab.wait_for_function("document.querySelectorAll('#interval-scans tbody tr').length === 12")
+
+        # weekly: fewer, wider points, and still one line per stage
+        tab.select_option("#trend-interval", "1w")
+        tab.wait_for_function(
+            "document.querySelector('#trend-chart svg')?.ariaLabel?.endsWith('per week')"
+        )
+        assert tab.locator("#trend-chart g.series").count() == 2
+        assert tab.locator("#interval-scans").is_hidden()
+
+        tab.set_viewport_size({"width": 390, "height": 844})  # a phone: redrawn to fit
+        tab.wait_for_function(
+            "document.querySelector('#trend-chart svg').getAttribute('width') < 390"
+        )
+        assert tab.evaluate("document.scrollingElement.scrollWidth <= innerWidth")
+        tab.locator("#trend-verdicts").scroll_into_view_if_needed()
+        shot(tab, "phone-history-trend")
     assert console.errors == []

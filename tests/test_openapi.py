@@ -232,6 +232,8 @@ async def test_real_answers_match_the_document(database_url: str, tmp_path: Path
         await check(await get("/scans?limit=2"), "/scans")
         await check(await get("/scans?status=completed&since=1h"), "/scans")
         await check(await get("/scans?since=forever"), "/scans")
+        await check(await get("/scans?since=1h&until=1m"), "/scans")
+        await check(await get("/scans?until=never"), "/scans")
         await check(await get("/stats/stages?since=1h&by_bucket=true"), "/stats/stages")
         await check(await get("/stats/stages"), "/stats/stages")
         await check(await get("/stats/stages?by_bucket=maybe"), "/stats/stages")

@@ -152,3 +152,22 @@ async def test_bad_inputs_are_400_naming_the_field(
 async def test_the_repository_refuses_an_unknown_interval(repository: Repository) -> None:
     with pytest.raises(InvalidInput, match="interval"):
         await repository.stage_trend(since=TODAY, interval="2d")  # type: ignore[arg-type]
+
+
+async def test_scans_can_be_listed_between_two_moments(
+    repository: Repository, database_url: str, tmp_path: Path
+) -> None:
+    """The page lists an interval's scans with since and until: one day of the 2-hourly seed
+    holds 12 scans wherever the day starts."""
+    await seed_history(repository)
+    async with serve(settings_for(database_url, tmp_path)) as service:
+        before = datetime.now(UTC)
+        body = await (await service.get("/scans?since=3d&until=2d&limit=500")).json()
+        after = datetime.now(UTC)
+        late = await service.get("/scans?since=2d&until=3d")
+        bad = await service.get("/scans?since=3d&until=forever")
+    created = [datetime.fromisoformat(scan["created_at"]) for scan in body["scans"]]
+    assert len(created) == 12 and body["next_cursor"] is None
+    assert all(before - timedelta(days=3) <= c < after - timedelta(days=2) for c in created)
+    assert (await late.json())["scans"] == []  # until before since: nothing, not an error
+    assert (bad.status, (await bad.json())["field"]) == (400, "until")

@@ -431,9 +431,9 @@ function startForm() {
   return { element, stop: () => controller.abort() };
 }
 
-function recentScans() {
-  const body = h("tbody");
-  const table = h(
+/** The table of scans the home page and the History view's interval list share. */
+function scanTable(body) {
+  return h(
     "table",
     { class: "table recent" },
     h(
@@ -451,6 +451,32 @@ function recentScans() {
     ),
     body,
   );
+}
+
+/** ``when`` replaces "3 min ago" under the id, e.g. by a clock time in a list of old scans. */
+function scanRow(scan, { duration, when } = {}) {
+  duration ??= fmtDuration(scan.duration_seconds);
+  when ??= timeAgo(scan.created_at);
+  const results = scan.status === "completed" ? fmtInt(scan.result_count) : "–";
+  return h(
+    "tr",
+    { "data-scan": scan.scan_id, "data-status": scan.status },
+    h(
+      "td",
+      {},
+      h("a", { href: `#/scan/${scan.scan_id}`, class: "scan-link" }, h("code", {}, shortId(scan.scan_id))),
+      h("span", { class: "sub", title: clockTime(scan.created_at) }, when),
+    ),
+    h("td", {}, statusBadge(scan.status)),
+    h("td", { class: "wide-only what" }, describeConfig(scan.config)),
+    h("td", { class: "num" }, duration),
+    h("td", { class: "num" }, results),
+  );
+}
+
+function recentScans() {
+  const body = h("tbody");
+  const table = scanTable(body);
   const empty = h("p", { class: "empty", hidden: true }, "No scans yet: start one and it appears here.");
   const problem = h("p", { class: "form-error", hidden: true });
   const element = card("Recent scans", h("div", { class: "table-scroll" }, table), empty, problem);
@@ -490,25 +516,7 @@ function recentScans() {
         if (!TERMINAL.has(scan.status)) {
           duration = live ? fmtPercent(timeShare(live).percent, 0) : "…";
         }
-        const results = scan.status === "completed" ? fmtInt(scan.result_count) : "–";
-        return h(
-          "tr",
-          { "data-scan": scan.scan_id, "data-status": scan.status },
-          h(
-            "td",
-            {},
-            h(
-              "a",
-              { href: `#/scan/${scan.scan_id}`, class: "scan-link" },
-              h("code", {}, shortId(scan.scan_id)),
-            ),
-            h("span", { class: "sub", title: clockTime(scan.created_at) }, timeAgo(scan.created_at)),
-          ),
-          h("td", {}, statusBadge(scan.status)),
-          h("td", { class: "wide-only what" }, describeConfig(scan.config)),
-          h("td", { class: "num" }, duration),
-          h("td", { class: "num" }, results),
-        );
+        return scanRow(scan, { duration });
       }),
     );
   }
@@ -1139,6 +1147,7 @@ const WINDOWS = [
   ["24h", "last 24 hours"],
   ["7d", "last 7 days"],
   ["30d", "last 30 days"],
+  ["90d", "last 90 days"],
 ];
 const HISTORY_SCANS = 30;
 
@@ -1150,6 +1159,12 @@ function historyView() {
     { id: "history-window", "aria-label": "Time window" },
     WINDOWS.map(([value, label]) => h("option", { value, selected: value === "7d" }, label)),
   );
+  const interval = h(
+    "select",
+    { id: "trend-interval", "aria-label": "Trend interval" },
+    INTERVALS.map(([value, label]) => h("option", { value, selected: value === "1d" }, label)),
+  );
+  const trend = trendCard(interval);
   const headline = h("p", { class: "headline", id: "dominant" }, "Loading…");
   const statsBody = h("tbody");
   const statsTable = h(
@@ -1190,9 +1205,15 @@ function historyView() {
         "div",
         { class: "scan-head" },
         h("h1", {}, "Stage history"),
-        h("label", { class: "window" }, "Window ", since),
+        h(
+          "div",
+          { class: "pickers" },
+          h("label", { class: "window" }, "Window ", since),
+          h("label", { class: "window" }, "Interval ", interval),
+        ),
       ),
       card("Which stage takes the time", headline, h("div", { class: "table-scroll" }, statsTable)),
+      trend.element,
       card("Stage duration per scan", legend, chartBox, chartNote),
       accuracy.element,
     ),
@@ -1239,6 +1260,7 @@ function historyView() {
   async function load() {
     setText(headline, "Loading…");
     const span = since.value;
+    trend.load(span);
     try {
       const [stats, page, measured] = await Promise.all([
         api("/stats/stages", { query: { since: span }, signal: controller.signal }),
@@ -1329,11 +1351,234 @@ function historyView() {
   }
 
   since.addEventListener("change", load);
+  interval.addEventListener("change", () => trend.load(since.value));
   load();
   return () => {
     controller.abort();
     stopResize();
     accuracy.stop();
+    trend.stop();
+  };
+}
+
+const INTERVALS = [
+  ["1h", "hourly"],
+  ["1d", "daily"],
+  ["1w", "weekly"],
+];
+const INTERVAL_UNIT = { "1h": "hour", "1d": "day", "1w": "week" };
+const INTERVAL_MS = { "1h": 3_600_000, "1d": 86_400_000, "1w": 604_800_000 };
+const INTERVAL_SCANS = 500;
+// /scans takes windows in whole minutes: ask for this much more on each side, then keep the
+// scans created inside the interval exactly (the browser's clock may differ from the server's)
+const SLACK_MIN = 5;
+
+function utcDay(iso) {
+  return new Date(iso).toLocaleDateString("en-US", { month: "short", day: "numeric", timeZone: "UTC" });
+}
+
+function utcHour(iso) {
+  return new Date(iso).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit", timeZone: "UTC" });
+}
+
+function utcTime(iso) {
+  return `${utcDay(iso)} ${utcHour(iso)} UTC`;
+}
+
+/** An interval as words: "Nov 28", "Nov 28 14:00 UTC", "the week of Nov 23". */
+function intervalName(iso, interval) {
+  if (interval === "1h") return utcTime(iso);
+  if (interval === "1w") return `the week of ${utcDay(iso)}`;
+  return utcDay(iso);
+}
+
+/** "Symbol Scanning p50 +38 % since Nov 28", "Data Fetching p50 steady", or why no verdict. */
+function verdictWords(row, interval) {
+  const label = STAGE_BY_KEY[row.stage]?.label || row.stage;
+  const judged = row.verdict;
+  const latest = row.intervals.find((point) => point.start === judged.latest);
+  if ((judged.trend === "slower" || judged.trend === "faster") && Number.isFinite(judged.change_pct)) {
+    const change = Math.round(judged.change_pct);
+    const since = intervalName(judged.since, interval);
+    return (
+      `${label} p50 ${change > 0 ? "+" : "−"}${Math.abs(change)} % since ${since} ` +
+      `(${fmtDuration(latest?.p50_s)}, was ${fmtDuration(judged.baseline_p50_s)})`
+    );
+  }
+  if (judged.trend === "steady") return `${label} p50 steady (${fmtDuration(latest?.p50_s)})`;
+  return `${label}: too few full intervals with enough runs to judge yet`;
+}
+
+/**
+ * p50 per stage over time from GET /stats/stages/trend, the regression verdicts in words,
+ * and the scans of the interval clicked.
+ */
+function trendCard(intervalPicker) {
+  const verdicts = h("ul", { class: "verdicts", id: "trend-verdicts", "aria-live": "polite" });
+  const legend = h("ul", { class: "legend" });
+  const chartBox = h("div", { class: "chart-box", id: "trend-chart" });
+  const note = h("p", { class: "hint" });
+  const scansHead = h("h3", { id: "interval-scans-title", tabindex: -1 });
+  const scansBody = h("tbody");
+  const scansNote = h("p", { class: "hint", "aria-live": "polite" });
+  const scansBox = h(
+    "section",
+    { class: "interval-scans", id: "interval-scans", "aria-labelledby": "interval-scans-title", hidden: true },
+    scansHead,
+    h("div", { class: "table-scroll" }, scanTable(scansBody)),
+    scansNote,
+  );
+  const element = card("Is a stage getting slower?", verdicts, legend, chartBox, note, scansBox);
+  let controller = new AbortController();
+  let data = null;
+  let picked = null;
+  const stopResize = onResize(chartBox, (width) => draw(width));
+
+  function starts() {
+    const all = new Set(data.stages.flatMap((row) => row.intervals.map((point) => point.start)));
+    return [...all].sort((a, b) => Date.parse(a) - Date.parse(b));
+  }
+
+  function draw(width = chartBox.clientWidth) {
+    if (!data || !width) return;
+    if (!data.stages.length) {
+      legend.hidden = true;
+      chartBox.replaceChildren(
+        h(
+          "p",
+          { class: "empty" },
+          "No stage timings in this window yet, so there is no trend to draw. ",
+          h("a", { href: "#/" }, "Start a scan"),
+          " or pick a longer window.",
+        ),
+      );
+      return;
+    }
+    legend.hidden = false;
+    const xs = starts();
+    const rows = STAGES.map((stage) => [stage, data.stages.find((row) => row.stage === stage.key)]).filter(
+      ([, row]) => row,
+    );
+    const p50 = rows.map(([, row]) => Object.fromEntries(row.intervals.map((p) => [p.start, p])));
+    const series = rows.map(([stage], k) => ({
+      key: stage.key,
+      name: stage.label,
+      color: stage.color,
+      values: xs.map((start) => p50[k][start]?.p50_s ?? null),
+    }));
+    const points = xs.map((start) => {
+      const runs = Math.max(...p50.map((byStart) => byStart[start]?.count || 0));
+      const partial = p50.some((byStart) => byStart[start] && !byStart[start].complete);
+      return {
+        start,
+        label: data.interval === "1h" ? utcHour(start) : utcDay(start),
+        title: `${intervalName(start, data.interval)}${partial ? " (so far)" : ""}, ${plural(runs, "run")}`,
+      };
+    });
+    const hadFocus = chartBox.contains(document.activeElement);
+    chartBox.replaceChildren(
+      lineChart(series, points, {
+        width,
+        height: width < 500 ? 220 : 280,
+        title: `p50 seconds per stage, one point per ${INTERVAL_UNIT[data.interval]}`,
+        onPick: (i) => pick(xs[i]),
+        picked: picked === null ? null : xs.indexOf(picked),
+      }),
+    );
+    if (hadFocus) chartBox.querySelector("rect.pick[tabindex='0']")?.focus(); // a redraw keeps it
+    legend.replaceChildren(
+      ...rows.map(([stage]) =>
+        h("li", {}, h("span", { class: "swatch", style: `background: ${stage.color}` }), stage.label),
+      ),
+    );
+  }
+
+  function showVerdicts() {
+    const order = { slower: 0, faster: 1, steady: 2, unknown: 3 };
+    const rows = data.stages.slice().sort((a, b) => order[a.verdict.trend] - order[b.verdict.trend]);
+    verdicts.replaceChildren(
+      ...rows.map((row) =>
+        h(
+          "li",
+          { "data-stage": row.stage, "data-trend": row.verdict.trend, class: `trend-${row.verdict.trend}` },
+          h("span", { class: "swatch", style: `background: ${STAGE_BY_KEY[row.stage]?.color}` }),
+          verdictWords(row, data.interval),
+        ),
+      ),
+    );
+    verdicts.hidden = rows.length === 0;
+  }
+
+  async function pick(start) {
+    picked = start;
+    draw();
+    const from = Date.parse(start);
+    const now = Date.now();
+    const to = Math.min(from + INTERVAL_MS[data.interval], now);
+    const query = { since: `${Math.ceil((now - from) / 60_000) + SLACK_MIN}m`, limit: INTERVAL_SCANS };
+    const untilMin = Math.floor((now - to) / 60_000) - SLACK_MIN;
+    if (untilMin > 0) query.until = `${untilMin}m`;
+    scansBox.hidden = false;
+    setText(scansHead, `Scans of ${intervalName(start, data.interval)}`);
+    scansBody.replaceChildren();
+    setText(scansNote, "Loading…");
+    try {
+      const page = await api("/scans", { query, signal: controller.signal });
+      if (picked !== start) return; // another interval was picked meanwhile
+      const inside = page.scans.filter((scan) => {
+        const created = Date.parse(scan.created_at);
+        return created >= from && created < to;
+      });
+      scansBody.replaceChildren(
+        ...inside.map((scan) => scanRow(scan, { when: utcTime(scan.created_at) })),
+      );
+      setText(
+        scansNote,
+        inside.length === 0
+          ? "No scan was created in this interval: its timings belong to scans begun before it."
+          : `${plural(inside.length, "scan")} created in this interval, newest first` +
+              (page.next_cursor
+                ? `; it holds more than ${fmtInt(INTERVAL_SCANS)}: pick a shorter interval to see them all.`
+                : "."),
+      );
+    } catch (error) {
+      if (controller.signal.aborted) return;
+      setText(scansNote, errorText(error));
+    }
+  }
+
+  return {
+    element,
+    async load(window) {
+      controller.abort();
+      controller = new AbortController();
+      picked = null;
+      scansBox.hidden = true;
+      setText(note, "Loading…");
+      try {
+        data = await api("/stats/stages/trend", {
+          query: { since: window, interval: intervalPicker.value },
+          signal: controller.signal,
+        });
+      } catch (error) {
+        if (controller.signal.aborted) return;
+        setText(note, errorText(error));
+        return;
+      }
+      showVerdicts();
+      setText(
+        note,
+        data.stages.length
+          ? "Intervals are UTC hours, days or weeks (from Monday); the last one may be partial. " +
+              "Click an interval to list its scans."
+          : "",
+      );
+      draw();
+    },
+    stop() {
+      controller.abort();
+      stopResize();
+    },
   };
 }
 

@@ -90,8 +90,14 @@ export function barChart(items, { width = 600, title = "", labelWidth = 140 } = 
 /**
  * Lines over a shared x axis: ``series`` = ``[{key, name, color, values: [number|null]}]``,
  * ``points`` = ``[{label, title, href}]`` (one per x position, e.g. one per scan).
+ * With ``onPick(i)`` every x position is also a column a click or Enter picks (``picked``
+ * is drawn marked), for charts whose points are intervals rather than single scans.
  */
-export function lineChart(series, points, { width = 700, height = 260, title = "" } = {}) {
+export function lineChart(
+  series,
+  points,
+  { width = 700, height = 260, title = "", onPick = null, picked = null } = {},
+) {
   const margin = { top: 14, right: 16, bottom: 38, left: 52 };
   const plotWidth = Math.max(80, width - margin.left - margin.right);
   const plotHeight = height - margin.top - margin.bottom;
@@ -142,7 +148,57 @@ export function lineChart(series, points, { width = 700, height = 260, title = "
     });
     chart.append(group);
   }
+  if (onPick) {
+    chart.setAttribute("role", "group"); // an image's parts are hidden from assistive tech
+    chart.append(pickColumns(points, x, margin.top, plotHeight, onPick, picked));
+  }
   return chart;
+}
+
+/**
+ * One transparent column per x position, on top of the lines. One tab stop for them all
+ * (the picked column, else the latest): the arrow keys move between columns, Enter picks.
+ */
+function pickColumns(points, x, top, plotHeight, onPick, picked) {
+  const columns = svg("g", { class: "pick-columns" });
+  const stop = Number.isInteger(picked) && picked >= 0 ? picked : points.length - 1;
+  const move = (from, step) => {
+    const next = columns.children[from + step];
+    if (!next) return;
+    columns.children[from].setAttribute("tabindex", -1);
+    next.setAttribute("tabindex", 0);
+    next.focus();
+  };
+  points.forEach((point, i) => {
+    const left = i === 0 ? x(0) - 12 : (x(i - 1) + x(i)) / 2;
+    const right = i === points.length - 1 ? x(i) + 12 : (x(i) + x(i + 1)) / 2;
+    const column = svg(
+      "rect",
+      {
+        x: left,
+        y: top,
+        width: Math.max(2, right - left),
+        height: plotHeight,
+        class: i === picked ? "pick picked" : "pick",
+        tabindex: i === stop ? 0 : -1,
+        role: "button",
+        "aria-label": `${point.title || point.label}: list its scans`,
+        "aria-pressed": i === picked ? "true" : "false",
+        "data-start": point.start || null,
+      },
+      svg("title", {}, point.title || point.label),
+    );
+    column.addEventListener("click", () => onPick(i));
+    column.addEventListener("keydown", (event) => {
+      const step = { ArrowLeft: -1, ArrowRight: 1, Home: -i, End: points.length - 1 - i }[event.key];
+      if (step !== undefined) move(i, step);
+      else if (event.key === "Enter" || event.key === " ") onPick(i);
+      else return;
+      event.preventDefault();
+    });
+    columns.append(column);
+  });
+  return columns;
 }
 
 function signedPercent(value) {

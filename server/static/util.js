@@ -247,7 +247,8 @@ export function statusBadge(status) {
 /** "Sample · 3 sectors · up to 200 symbols · rating ≥ 60" from a scan's config. */
 export function describeConfig(config) {
   if (!config) return "";
-  const parts = [config.provider === "synthetic" ? "Synthetic" : "S&P 500 sample"];
+  const names = { sample: "S&P 500 sample", synthetic: "Synthetic", polygon: "Polygon" };
+  const parts = [names[config.provider] || config.provider || names.sample];
   const sectors = config.sectors || [];
   if (sectors.length === 1) parts.push(sectors[0]);
   else if (sectors.length > 1) parts.push(`${sectors.length} sectors`);
