@@ -69,15 +69,17 @@ MARK_RESULTS_PRUNED_SQL: Final = """
         LIMIT $2)
     RETURNING id
 """
-# $1 scan ids, $2 how many: one batch of their rows, found through the primary key
-DELETE_RESULTS_SQL: Final = """
-    DELETE FROM scan_results WHERE (scan_id, rank) IN (
-        SELECT scan_id, rank FROM scan_results WHERE scan_id = ANY($1::uuid[]) LIMIT $2)
-"""
-DELETE_FAILURES_SQL: Final = """
-    DELETE FROM scan_failures WHERE (scan_id, seq) IN (
-        SELECT scan_id, seq FROM scan_failures WHERE scan_id = ANY($1::uuid[]) LIMIT $2)
-"""
+# $1 a scan id -> the last rank (seq) of its rows; then $1, $2 and $3 delete one batch, the
+# ranks above $2 up to $3. Ranks and seqs run 1..n, so each batch is one range of the primary
+# key: never a scan of the table, nor of the dead rows of the batches before it.
+LAST_RESULT_SQL: Final = "SELECT max(rank) FROM scan_results WHERE scan_id = $1"
+DELETE_RESULTS_SQL: Final = (
+    "DELETE FROM scan_results WHERE scan_id = $1 AND rank > $2 AND rank <= $3"
+)
+LAST_FAILURE_SQL: Final = "SELECT max(seq) FROM scan_failures WHERE scan_id = $1"
+DELETE_FAILURES_SQL: Final = (
+    "DELETE FROM scan_failures WHERE scan_id = $1 AND seq > $2 AND seq <= $3"
+)
 RESULTS_PRUNE_DONE_SQL: Final = (
     "UPDATE scans SET results_prune_done = true WHERE id = ANY($1::uuid[])"
 )
@@ -210,20 +212,35 @@ class Retention:
     ) -> None:
         while marked := await conn.fetch(MARK_RESULTS_PRUNED_SQL, cutoff, RESULT_SCANS_PER_BATCH):
             ids = [record["id"] for record in marked]
-            await self._delete_rows(conn, DELETE_RESULTS_SQL, "scan_results", ids, report)
-            await self._delete_rows(conn, DELETE_FAILURES_SQL, "scan_failures", ids, report)
+            for scan_id in ids:
+                await self._delete_rows(
+                    conn, scan_id, report, "scan_results", LAST_RESULT_SQL, DELETE_RESULTS_SQL
+                )
+                await self._delete_rows(
+                    conn, scan_id, report, "scan_failures", LAST_FAILURE_SQL, DELETE_FAILURES_SQL
+                )
             await conn.execute(RESULTS_PRUNE_DONE_SQL, ids)
             report.results_pruned_scans += len(ids)
 
     async def _delete_rows(
-        self, conn: asyncpg.Connection, sql: str, table: str, ids: list[UUID], report: PruneReport
+        self,
+        conn: asyncpg.Connection,
+        scan_id: UUID,
+        report: PruneReport,
+        table: str,
+        last_sql: str,
+        delete_sql: str,
     ) -> None:
-        while True:
-            removed = _row_count(await conn.execute(sql, ids, self._batch_rows))
-            self._count(report, table, removed)
-            if removed < self._batch_rows:
-                return
-            await asyncio.sleep(self._pause_s)
+        last = await conn.fetchval(last_sql, scan_id)
+        below = 0
+        while last is not None and below < last:
+            upto = below + self._batch_rows
+            self._count(
+                report, table, _row_count(await conn.execute(delete_sql, scan_id, below, upto))
+            )
+            below = upto
+            if below < last:
+                await asyncio.sleep(self._pause_s)
 
     async def _prune_scans(
         self, conn: asyncpg.Connection, cutoff: datetime, report: PruneReport

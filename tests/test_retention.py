@@ -204,18 +204,20 @@ async def test_one_pruner_at_a_time(repository: Repository, database_url: str) -
             ("now() - interval '30 days'", "100"),
             "scans_results_to_prune_idx",
         ),
-        (DELETE_RESULTS_SQL, (f"ARRAY['{uuid4()}']::uuid[]", "5000"), "scan_results_pkey"),
+        (DELETE_RESULTS_SQL, (f"'{uuid4()}'::uuid", "0", "5000"), "scan_results_pkey"),
         (DELETE_SCANS_SQL, ("now() - interval '365 days'", "500"), "scans_finished_idx"),
     ],
 )
 async def test_prune_statements_use_their_index(
-    repository: Repository, sql: str, arguments: tuple[str, str], index: str
+    repository: Repository, sql: str, arguments: tuple[str, ...], index: str
 ) -> None:
     """With sequential scans priced out the planner shows which index serves each statement
     (tests/bench/bench_prune.py prints the plans over 10 million rows, where it chooses so)."""
     async with repository.pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL enable_seqscan = off")
-        literal = sql.replace("$1", arguments[0]).replace("$2", arguments[1])
+        literal = sql
+        for number, argument in enumerate(arguments, start=1):
+            literal = literal.replace(f"${number}", argument)
         plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {literal}"))
         assert index in plan, plan
         assert "Seq Scan" not in plan, plan
