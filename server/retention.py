@@ -32,7 +32,7 @@ async def prune_forever(retention: Retention, interval_s: float) -> None:
         except StorageError as error:
             log.warning("prune failed, retrying in %g s: %s", interval_s, error)
         else:
-            log.info("%s", describe(report))
+            log.log(logging.INFO if report.total_rows else logging.DEBUG, "%s", describe(report))
         await asyncio.sleep(interval_s)
 
 
