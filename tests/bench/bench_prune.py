@@ -8,9 +8,10 @@ scans of ~100,000 rows a day), then:
 
 * EXPLAIN of the prune statements over that table (which index serves each);
 * the rate of ``save_results`` of ``--save-rows`` rows (10,000) in a loop on a running scan,
-  alone for ``--baseline-s`` seconds;
+  alone for ``--baseline-s`` seconds, before and after pruning;
 * ``Retention.prune()`` with the service's defaults (30 days, batches of 5,000 rows, a pause
-  of 50 ms), timed, while the same save loop runs; the save rate and latency during it.
+  of 50 ms), timed, while the same save loop runs: the save rate and latency during it, and
+  how often any session of the database was seen waiting for a lock.
 
 The server is the one named by ``TECHNIC_BENCH_DATABASE_URL``, ``TECHNIC_TEST_DATABASE_URL``
 or ``DATABASE_URL`` (else an embedded one); the database is a throw-away one.
@@ -31,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import asyncpg
 from technic.storage import Repository
 from technic.storage.retention import (
     DELETE_RESULTS_SQL,
@@ -75,6 +77,32 @@ class _RolledBack(Exception):
     """Raised to roll back an EXPLAIN ANALYZE of a statement that writes."""
 
 
+async def saves_alone(
+    repo: Repository, scan_id: uuid.UUID, rows: list[dict[str, Any]], seconds: float
+) -> str:
+    stop = asyncio.Event()
+    loop = asyncio.create_task(save_loop(repo, scan_id, rows, stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    return rate(await loop, seconds, len(rows))
+
+
+async def lock_waits(repo: Repository, stop: asyncio.Event) -> tuple[int, int]:
+    """How many samples saw a session of this database waiting for a lock, of how many."""
+    waiting = samples = 0
+    async with repo.pool.acquire() as conn:
+        while not stop.is_set():
+            samples += 1
+            waiting += bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE NOT l.granted AND a.datname = current_database()"
+                )
+            )
+            await asyncio.sleep(0.02)
+    return waiting, samples
+
+
 def rate(durations: list[float], elapsed_s: float, rows_per_save: int) -> str:
     ordered = sorted(durations)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -96,6 +124,9 @@ async def bench(server_url: str, args: argparse.Namespace) -> int:
                 await conn.execute(SEED_RESULTS_SQL, scan_id, per_scan)
             await conn.execute("VACUUM ANALYZE scans")
             await conn.execute("VACUUM ANALYZE scan_results")
+            # the seed's dirty pages are written now, not during the timed runs
+            with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("CHECKPOINT")
             size = await conn.fetchval(
                 "SELECT pg_size_pretty(pg_total_relation_size('scan_results'))"
             )
@@ -124,20 +155,18 @@ async def bench(server_url: str, args: argparse.Namespace) -> int:
         rows = result_rows(args.save_rows)
         await repo.save_results(writer, rows[:100])
 
-        stop = asyncio.Event()
-        alone = asyncio.create_task(save_loop(repo, writer, rows, stop))
-        await asyncio.sleep(args.baseline_s)
-        stop.set()
-        print(f"saves alone          : {rate(await alone, args.baseline_s, len(rows))}")
-
+        print(f"saves alone, before  : {await saves_alone(repo, writer, rows, args.baseline_s)}")
         stop = asyncio.Event()
         during = asyncio.create_task(save_loop(repo, writer, rows, stop))
+        waits = asyncio.create_task(lock_waits(repo, stop))
         began = time.perf_counter()
         report = await Retention(repo.pool, RetentionPolicy(30, 365)).prune()
         elapsed = time.perf_counter() - began
         stop.set()
-        durations = await during
-        print(f"saves during pruning : {rate(durations, elapsed, len(rows))}")
+        print(f"saves during pruning : {rate(await during, elapsed, len(rows))}")
+        waiting, samples = await waits
+        print(f"lock waits: {waiting} of {samples} samples (every 20 ms) saw a session waiting")
+        print(f"saves alone, after   : {await saves_alone(repo, writer, rows, args.baseline_s)}")
         print(
             f"prune: {report.rows['scan_results']:,} result rows of"
             f" {report.results_pruned_scans} scans in {report.duration_s:.1f} s"
