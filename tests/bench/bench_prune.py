@@ -156,16 +156,28 @@ async def bench(server_url: str, args: argparse.Namespace) -> int:
         await repo.save_results(writer, rows[:100])
 
         print(f"saves alone, before  : {await saves_alone(repo, writer, rows, args.baseline_s)}")
+        retention = Retention(repo.pool, RetentionPolicy(30, 365))
+        dry = await retention.prune(dry_run=True)
+        print(
+            f"prune --dry-run: counted {dry.rows['scan_results']:,} result rows of"
+            f" {dry.results_pruned_scans} scans in {dry.duration_s:.2f} s"
+        )
         stop = asyncio.Event()
         during = asyncio.create_task(save_loop(repo, writer, rows, stop))
         waits = asyncio.create_task(lock_waits(repo, stop))
         began = time.perf_counter()
-        report = await Retention(repo.pool, RetentionPolicy(30, 365)).prune()
+        report = await retention.prune()
         elapsed = time.perf_counter() - began
         stop.set()
         print(f"saves during pruning : {rate(await during, elapsed, len(rows))}")
         waiting, samples = await waits
         print(f"lock waits: {waiting} of {samples} samples (every 20 ms) saw a session waiting")
+        async with repo.pool.acquire() as conn:
+            vacuuming = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_progress_vacuum p JOIN pg_class c"
+                " ON c.oid = p.relid WHERE c.relname = 'scan_results'"
+            )
+        print(f"autovacuum of scan_results running after the prune: {bool(vacuuming)}")
         print(f"saves alone, after   : {await saves_alone(repo, writer, rows, args.baseline_s)}")
         print(
             f"prune: {report.rows['scan_results']:,} result rows of"
