@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from technic.cli.exit_codes import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from technic.cli.output import format_results, write_output
 from technic.cli.processes import MAX_PROCESSES, REUSE_PORT_FLAG, serve_processes
+from technic.cli.prune import add_prune_command
 from technic.cli.remote import add_watch_command
 from technic.cli.scan_options import add_scan_arguments, scan_config
 from technic.cli.storage_commands import add_storage_commands
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(func=_scan_command)
     _add_serve_parser(commands)
     add_storage_commands(commands)
+    add_prune_command(commands)
     add_watch_command(commands)
     return parser
 

@@ -35,6 +35,14 @@ DEFAULT_CACHE_MAX_BYTES = 2 << 30
 DEFAULT_OWNER_HEARTBEAT_S = 5
 DEFAULT_OWNER_TIMEOUT_S = 30
 MIN_HEARTBEATS_PER_TIMEOUT = 2
+# Retention: result and failure rows of a scan finished more than RESULTS_RETENTION_DAYS ago
+# are pruned (~10 million rows a day for a 100,000-symbol scan every 15 minutes); whole scans
+# (record, stage timings, ETA checkpoints) after TIMINGS_RETENTION_DAYS. 0 keeps forever.
+DEFAULT_RESULTS_RETENTION_DAYS = 30
+DEFAULT_TIMINGS_RETENTION_DAYS = 365
+MAX_RETENTION_DAYS = 36_500
+# `technic serve` prunes every PRUNE_INTERVAL_S (the first run sooner, see server/retention.py)
+DEFAULT_PRUNE_INTERVAL_S = 3600
 POLYGON_DEFAULT_BASE_URL = "https://api.massive.com"
 POLYGON_FREE_PLAN_REQUESTS_PER_MINUTE = 5
 
@@ -143,6 +151,9 @@ class Settings:
     owner_heartbeat_s: int = DEFAULT_OWNER_HEARTBEAT_S
     owner_timeout_s: int = DEFAULT_OWNER_TIMEOUT_S
     log_level: str = "INFO"
+    results_retention_days: int = DEFAULT_RESULTS_RETENTION_DAYS
+    timings_retention_days: int = DEFAULT_TIMINGS_RETENTION_DAYS
+    prune_interval_s: int = DEFAULT_PRUNE_INTERVAL_S
     # The Massive (Polygon.io) key: kept out of repr, so a logged Settings never shows it.
     polygon_api_key: str | None = field(default=None, repr=False)
     polygon_base_url: str = POLYGON_DEFAULT_BASE_URL
@@ -187,6 +198,20 @@ class Settings:
                 f"must be at least {MIN_HEARTBEATS_PER_TIMEOUT} x OWNER_HEARTBEAT_S "
                 f"({MIN_HEARTBEATS_PER_TIMEOUT * heartbeat_s}), got {timeout_s}",
             )
+        results_days = _int(
+            env, "RESULTS_RETENTION_DAYS", DEFAULT_RESULTS_RETENTION_DAYS, 0, MAX_RETENTION_DAYS
+        )
+        timings_days = _int(
+            env, "TIMINGS_RETENTION_DAYS", DEFAULT_TIMINGS_RETENTION_DAYS, 0, MAX_RETENTION_DAYS
+        )
+        # pruning timings deletes whole scans, results included: never before the results
+        if timings_days and not 0 < results_days <= timings_days:
+            raise SettingsError(
+                "TIMINGS_RETENTION_DAYS",
+                f"must be 0 (keep forever) or at least RESULTS_RETENTION_DAYS ({results_days}"
+                f"{', which keeps results forever' if not results_days else ''}),"
+                f" got {timings_days}",
+            )
         return cls(
             host=_optional(env, "HOST") or "127.0.0.1",
             port=_int(env, "PORT", 8000, 0, 65535),
@@ -207,6 +232,9 @@ class Settings:
             owner_heartbeat_s=heartbeat_s,
             owner_timeout_s=timeout_s,
             log_level=log_level,
+            results_retention_days=results_days,
+            timings_retention_days=timings_days,
+            prune_interval_s=_int(env, "PRUNE_INTERVAL_S", DEFAULT_PRUNE_INTERVAL_S, 1, 86_400),
             polygon_api_key=_optional(env, "POLYGON_API_KEY") or _optional(env, "MASSIVE_API_KEY"),
             polygon_base_url=(
                 _url(env, "POLYGON_BASE_URL", ("https", "http")) or POLYGON_DEFAULT_BASE_URL

@@ -63,6 +63,7 @@ from technic.server.requests import (
     parse_results_query,
     parse_start,
 )
+from technic.server.retention import prune_forever
 from technic.server.streams import StreamStats
 from technic.server.views import (
     accuracy_json,
@@ -86,6 +87,7 @@ from technic.storage import (
     StorageError,
     connect,
 )
+from technic.storage.retention import Retention, RetentionPolicy
 from technic.storage.windows import parse_window
 
 log = logging.getLogger(__name__)
@@ -372,7 +374,22 @@ async def _finished_scan(request: web.Request, scan_id: str) -> Scan:
         raise RequestError(f"no scan {scan_id}", status=404, field="scan_id")
     if scan.status not in TERMINAL_STATUSES:
         raise _not_finished(scan.status)
+    if scan.results_pruned_at is not None:
+        raise _pruned(scan, scan.results_pruned_at, request.app[SETTINGS].results_retention_days)
     return scan
+
+
+def _pruned(scan: Scan, pruned_at: dt.datetime, retention_days: int) -> RequestError:
+    policy = "0, keep forever" if not retention_days else f"{retention_days} days"
+    finished = f" finished on {scan.finished_at:%Y-%m-%d %H:%M} UTC;" if scan.finished_at else ""
+    return RequestError(
+        f"the results of scan {scan.id} were pruned on {pruned_at:%Y-%m-%d %H:%M} UTC by"
+        f" retention (RESULTS_RETENTION_DAYS, now {policy}): the scan{finished} its record"
+        " and stage timings are kept",
+        status=410,
+        field="scan_id",
+        extra={"status": scan.status, "results_pruned_at": pruned_at.isoformat()},
+    )
 
 
 def _not_finished(status: str) -> RequestError:
@@ -803,6 +820,22 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await database.close()
 
 
+async def _pruning(app: web.Application) -> AsyncIterator[None]:
+    """Retention in the background (server/retention.py), unless both periods are 0."""
+    settings = app[SETTINGS]
+    policy = RetentionPolicy(settings.results_retention_days, settings.timings_retention_days)
+    if not policy.results_days and not policy.timings_days:
+        yield
+        return
+    retention = Retention(app[DATABASE].pool, policy, on_rows=app[METRICS].pruned)
+    task = asyncio.create_task(prune_forever(retention, settings.prune_interval_s))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _settle_mirrors(app: web.Application) -> AsyncIterator[None]:
     """Fleet mode: end the mirrored scans that the database says have ended.
 
@@ -865,6 +898,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_progress_plane)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(_settle_mirrors)
+    app.cleanup_ctx.append(_pruning)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post("/scan/start", start_scan)
     app.router.add_get("/scan/progress/{scan_id}", scan_progress)

@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from technic.engine.eta import CHECKPOINTS
 from technic.engine.progress import SCAN_STAGES, TERMINAL_STATUSES
+from technic.storage.retention import PRUNED_TABLES
 
 if TYPE_CHECKING:
     from technic.server.bus import BusStats, RedisBus
@@ -87,6 +88,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.rows_pruned = Counter(
+            "technic_pruned_rows",
+            "Rows removed by retention pruning (RESULTS_RETENTION_DAYS, TIMINGS_RETENTION_DAYS), "
+            "by table.",
+            ["table"],
+            registry=self.registry,
+        )
         # Every label value known in advance is exported from the start at 0, so that a
         # rate() over the first increment is right and dashboards show no gaps.
         for status in sorted(TERMINAL_STATUSES):
@@ -97,6 +105,8 @@ class Metrics:
             self.eta_error.labels(str(checkpoint))
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result)
+        for table in PRUNED_TABLES:
+            self.rows_pruned.labels(table)
         self._service = _ServiceCollector()
         self.registry.register(self._service)
         ProcessCollector(registry=self.registry)
@@ -125,6 +135,9 @@ class Metrics:
 
     def cache_lookup(self, *, hit: bool) -> None:
         self.cache_lookups.labels("hit" if hit else "miss").inc()
+
+    def pruned(self, table: str, rows: int) -> None:
+        self.rows_pruned.labels(table).inc(rows)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The body and its Content-Type: OpenMetrics when the scraper asks for it

@@ -93,7 +93,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             },
             closed=False,
             description="Every error answer. A 409 from the results route also carries the "
-            "scan's `status`.",
+            "scan's `status`; a 410 its `status` and `results_pruned_at`.",
         ),
         "StartRequest": {
             "type": "object",
@@ -519,6 +519,11 @@ RESPONSES: dict[str, Schema] = {
     "Forbidden": _error("A cross-site request: an `Origin` or `Host` that is not allowed."),
     "NotFound": _error("No such scan (or path)."),
     "Conflict": _error("The scan has not ended yet; the body's `status` says where it is."),
+    "Gone": _error(
+        "The scan's results were pruned by retention (RESULTS_RETENTION_DAYS after it "
+        "finished); its record and stage timings are kept. The body also carries `status` and "
+        "`results_pruned_at` (ISO 8601)."
+    ),
     "PayloadTooLarge": _error("The request body is over 64 KiB."),
     "UnsupportedMediaType": _error("The request body is not `application/json`."),
     "TooManyRequests": _error(
@@ -593,6 +598,7 @@ def _errors(*names: str) -> dict[str, Schema]:
         "Forbidden": "403",
         "NotFound": "404",
         "Conflict": "409",
+        "Gone": "410",
         "PayloadTooLarge": "413",
         "UnsupportedMediaType": "415",
         "TooManyRequests": "429",
@@ -709,7 +715,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 "getResults",
                 "A page of a finished scan's ranked results",
                 {"200": results_ok},
-                errors=("NotFound", "Conflict", "ServiceUnavailable"),
+                errors=("NotFound", "Conflict", "Gone", "ServiceUnavailable"),
                 protected=True,
                 parameters=[*scan_path, *_results_parameters()],
                 settings=settings,

@@ -90,6 +90,8 @@ class Scan:
     error: str | None
     metrics: dict[str, Any] | None
     owner: str | None
+    # when retention pruned the scan's results and failures (its record and timings stay)
+    results_pruned_at: datetime | None = None
     stages: tuple[StageTiming, ...] = ()
 
     @property

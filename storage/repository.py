@@ -124,7 +124,7 @@ _RESULT_COLUMNS: Final = (
 _FAILURE_COLUMNS: Final = ("scan_id", "seq", "symbol", "reason")
 _SCAN_COLUMNS: Final = (
     "id, status, config, created_at, updated_at, started_at, finished_at, universe_size,"
-    " symbols_scanned, symbols_failed, result_count, error, metrics, owner"
+    " symbols_scanned, symbols_failed, result_count, error, metrics, owner, results_pruned_at"
 )
 _STAGE_COLUMNS: Final = (
     "scan_id, stage, status, started_at, finished_at, duration_s, units_done, units_total,"
@@ -1747,6 +1747,7 @@ def _scan(record: asyncpg.Record, stages: tuple[StageTiming, ...] = ()) -> Scan:
         error=record["error"],
         metrics=record["metrics"],
         owner=record["owner"],
+        results_pruned_at=record["results_pruned_at"],
         stages=stages,
     )
 
