@@ -1,4 +1,5 @@
-"""The storage subcommands of ``technic``: ``migrate`` and ``history`` (``--accuracy``).
+"""The storage subcommands of ``technic``: ``migrate`` and ``history`` (``--accuracy``,
+``--trend``).
 
 ``server/cli.py`` calls ``add_storage_commands(subparsers)``; each subcommand sets
 ``func(args) -> int`` (0 success, 1 database unavailable or migration failed, 2 bad
@@ -18,13 +19,16 @@ from typing import Any
 
 import orjson
 from technic.config.settings import Settings, SettingsError
-from technic.server.views import accuracy_json, stats_json
+from technic.engine.trend import INTERVAL_STEPS, TrendInterval
+from technic.server.views import accuracy_json, stats_json, trend_json
 from technic.storage import (
+    STAGES,
     AccuracyStats,
     DatabaseUnavailable,
     InvalidInput,
     MigrationError,
     SizeBucket,
+    StageName,
     StageStats,
     StorageError,
     connect,
@@ -51,10 +55,14 @@ def add_storage_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Per stage: count, mean, p50/p90/p99 seconds, symbols/s and share of time, "
         "over stages completed in the window. With --accuracy: per provider and universe size, "
         "the ETA error at 10, 25, 50, 75 and 90 % of the expected time, the linearity of the "
-        "progress bars and the share of scans whose ETA was within 10 % at 10 %.",
+        "progress bars and the share of scans whose ETA was within 10 % at 10 %. With --trend: "
+        "per stage and interval, count, p50/p90 seconds and symbols/s, and whether the latest "
+        "full interval is slower or faster than the ones before (GET /stats/stages/trend).",
     )
     history.add_argument(
-        "--since", default="7d", help="window length: N followed by m, h, d or w (default 7d)"
+        "--since",
+        default=None,
+        help="window length: N followed by m, h, d or w (default 7d; 30d with --trend)",
     )
     history.add_argument("--format", choices=("table", "json"), default="table")
     history.add_argument(
@@ -70,7 +78,16 @@ def add_storage_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="ETA accuracy and progress linearity of completed scans (GET /stats/accuracy)",
     )
     history.add_argument(
-        "--provider", default=None, help="with --accuracy: only this provider's scans"
+        "--trend",
+        action="store_true",
+        help="p50 per stage over time and the regression verdict (GET /stats/stages/trend)",
+    )
+    history.add_argument(
+        "--interval", default=None, help="with --trend: 1h, 1d (default) or 1w intervals"
+    )
+    history.add_argument("--stage", default=None, help="with --trend: only this stage")
+    history.add_argument(
+        "--provider", default=None, help="with --accuracy or --trend: only this provider's scans"
     )
     history.set_defaults(func=run_history)
 
@@ -110,16 +127,18 @@ async def _migrate(settings: Settings, migrations_dir: Path | None) -> int:
 
 def run_history(args: argparse.Namespace) -> int:
     try:
-        window = parse_window(args.since, field="--since")
+        default_window = "30d" if args.trend else "7d"
+        window = parse_window(args.since or default_window, field="--since")
         by_bucket, bucket = _bucket_option(args.universe_size_bucket)
-        if args.provider is not None and not args.accuracy:
-            raise ValueError("--provider: only with --accuracy")
+        _check_trend_options(args, by_bucket)
     except ValueError as e:
         print(f"technic history: {e}", file=sys.stderr)
         return 2
     settings = _settings("history")
     if settings is None:
         return 2
+    if args.trend:
+        return asyncio.run(_trend(settings, window, args, bucket))
     if args.accuracy:  # grouped by size bucket always: "all" and no bucket mean the same
         return asyncio.run(_accuracy(settings, window, args.provider, bucket, args.format))
     return asyncio.run(_history(settings, window, by_bucket, bucket, args.format))
@@ -184,6 +203,52 @@ async def _history(
     return 0
 
 
+def _check_trend_options(args: argparse.Namespace, by_bucket: bool) -> None:
+    """Refuse options of another report, so a typo never silently widens the answer."""
+    if args.trend and args.accuracy:
+        raise ValueError("--trend and --accuracy: choose one")
+    if args.provider is not None and not (args.accuracy or args.trend):
+        raise ValueError("--provider: only with --accuracy or --trend")
+    for option, value in (("--interval", args.interval), ("--stage", args.stage)):
+        if value is not None and not args.trend:
+            raise ValueError(f"{option}: only with --trend")
+    if args.interval is not None and args.interval not in INTERVAL_STEPS:
+        raise ValueError(f"--interval: must be one of {', '.join(INTERVAL_STEPS)}")
+    if args.stage is not None and args.stage not in STAGES:
+        raise ValueError(f"--stage: must be one of {', '.join(STAGES)}")
+    if args.trend and by_bucket:
+        raise ValueError("--universe-size-bucket: with --trend, one bucket, not 'all'")
+
+
+async def _trend(
+    settings: Settings, window: timedelta, args: argparse.Namespace, bucket: SizeBucket | None
+) -> int:
+    try:
+        since = datetime.now(UTC) - window
+    except OverflowError:
+        print("technic history: --since reaches before year 1", file=sys.stderr)
+        return 2
+    interval: TrendInterval = args.interval or "1d"
+    stage: StageName | None = args.stage
+    try:
+        database = await connect(settings, max_size=1)
+        try:
+            trend = await database.repository.stage_trend(
+                since=since, interval=interval, stage=stage, provider=args.provider, bucket=bucket
+            )
+        finally:
+            await database.close()
+    except StorageError as e:
+        return _fail("history", e)
+    report = trend_json(trend, bucket)
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+    else:
+        print(format_trend(report, args.provider))
+    return 0
+
+
 def _bucket_option(value: str | None) -> tuple[bool, SizeBucket | None]:
     if value is None:
         return False, None
@@ -234,6 +299,63 @@ def format_table(stats: StageStats, bucket: SizeBucket | None = None) -> str:
     out += [render(cells) for cells in lines]
     out.append(f"* dominant stage (largest share of time); overall: {stats.dominant_stage}")
     return "\n".join(out)
+
+
+INTERVAL_WORDS: dict[str, str] = {"1h": "hourly", "1d": "daily", "1w": "weekly"}
+
+
+def format_trend(report: dict[str, Any], provider: str | None = None) -> str:
+    """A block per stage of the trend JSON (``trend_json``, so the table and the endpoint
+    cannot disagree): its verdict in words, then a line per interval, oldest first."""
+    since, until = (datetime.fromisoformat(report[key]) for key in ("since", "until"))
+    title = f"Stage trends, {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC"
+    title += f", {INTERVAL_WORDS[report['interval']]} intervals"
+    if provider is not None:
+        title += f", provider {provider}"
+    if report["bucket"] is not None:
+        title += f", universe size {report['bucket']}"
+    if not report["stages"]:
+        return f"{title}\nno completed stages in this window"
+    moment = "%Y-%m-%d %H:%M" if report["interval"] == "1h" else "%Y-%m-%d"
+    headers = ["interval", "count", "p50_s", "p90_s", "symbols/s"]
+    out = [title]
+    for stage in report["stages"]:
+        rows = [
+            [
+                f"{datetime.fromisoformat(point['start']):{moment}}"
+                + ("" if point["complete"] else " *"),
+                str(point["count"]),
+                _seconds(point["p50_s"]),
+                _seconds(point["p90_s"]),
+                "-" if point["symbols_per_s"] is None else f"{point['symbols_per_s']:,.1f}",
+            ]
+            for point in stage["intervals"]
+        ]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        out += ["", f"{stage['stage']}: {_verdict_words(stage['verdict'], moment)}"]
+        out += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                          for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+                for cells in (headers, ["-" * w for w in widths], *rows)]  # fmt: skip
+        if any(not point["complete"] for point in stage["intervals"]):
+            out.append("* interval still under way: shown, not judged")
+    return "\n".join(out)
+
+
+def _verdict_words(verdict: dict[str, Any], moment: str) -> str:
+    """E.g. ``p50 +38 % since 2026-11-28 (baseline 10.1 s)``, ``steady (p50 +3 %, baseline
+    2.0 s)`` or ``not enough runs to judge``."""
+    if verdict["trend"] == "unknown":
+        return "not enough runs to judge"
+    change = "" if verdict["change_pct"] is None else f"{verdict['change_pct']:+.0f} %"
+    baseline = f"baseline {_short_seconds(verdict['baseline_p50_s'])} s"
+    if verdict["trend"] == "steady":
+        return f"steady (p50 {change}, {baseline})" if change else f"steady ({baseline})"
+    since = f"{datetime.fromisoformat(verdict['since']):{moment}}"
+    return f"p50 {change or verdict['trend']} since {since} ({baseline})"
+
+
+def _short_seconds(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.3f}"
 
 
 def format_accuracy(stats: AccuracyStats) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -15,6 +16,9 @@ from technic.engine.eta import EtaCheckpoint, ScanAccuracy
 from technic.storage import STAGES, connect_url
 from technic.storage.migrate import MIGRATIONS_DIR, discover
 from technic.storage.windows import parse_window
+
+from tests.test_server import serve, settings_for
+from tests.test_stage_trend import ONSET, TODAY, seed_history
 
 CLOSED_PORT_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 
@@ -74,6 +78,80 @@ async def accuracy_url(database_url: str) -> str:
     finally:
         await database.close()
     return database_url
+
+
+@pytest.fixture
+async def trend_url(database_url: str) -> str:
+    """A migrated database holding 75 days of scans: symbol_scanning 40 % slower from ONSET,
+    data_fetching noisy but steady (tests/test_stage_trend.py)."""
+    database = await connect_url(database_url, migrate=False)
+    try:
+        await seed_history(database.repository)
+    finally:
+        await database.close()
+    return database_url
+
+
+def test_history_trend_table_says_the_verdicts_in_words(
+    env: pytest.MonkeyPatch, trend_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", trend_url)
+    assert run(["history", "--trend", "--since", "60d"]) == 0
+    blocks = capsys.readouterr().out.split("\n\n")
+    assert blocks[0].startswith("Stage trends, ") and blocks[0].endswith("UTC, daily intervals")
+    fetching, scanning = (block.splitlines() for block in blocks[1:3])
+    said = re.fullmatch(
+        r"symbol_scanning: p50 \+(\d+) % since (\S+) \(baseline ([\d.]+) s\)", scanning[0]
+    )
+    assert said is not None, scanning[0]
+    assert int(said[1]) == pytest.approx(40, abs=6)
+    assert said[2] == f"{ONSET:%Y-%m-%d}"
+    assert float(said[3]) == pytest.approx(10.0, rel=0.05)
+    assert fetching[0].startswith("data_fetching: steady (p50 ")
+    assert scanning[1].split() == ["interval", "count", "p50_s", "p90_s", "symbols/s"]
+    rows = [line.split() for line in scanning[3:]]
+    assert [row[0] for row in rows] == [
+        f"{TODAY - timedelta(days=day):%Y-%m-%d}" for day in range(60, 0, -1)
+    ]
+    assert all(row[1] == "12" for row in rows)
+    assert float(rows[0][2]) == pytest.approx(10.0, rel=0.03)
+    assert float(rows[-1][2]) == pytest.approx(14.0, rel=0.06)
+    assert float(rows[-1][4]) == pytest.approx(500 / 14.0, rel=0.06)
+
+    assert run(["history", "--trend", "--since", "3d", "--interval", "1h",
+                "--stage", "data_fetching", "--provider", "polygon"]) == 0  # fmt: skip
+    [title, block] = capsys.readouterr().out.split("\n\n")
+    assert title.endswith("UTC, hourly intervals, provider polygon")
+    lines = block.splitlines()
+    assert lines[0] == "data_fetching: not enough runs to judge"
+    rows = [line.split() for line in lines[3:]]
+    assert len(rows) in (8, 9)  # 3 polygon scans a day, at 00:30, 08:30 and 16:30
+    assert {row[1] for row in rows} == {"00:00", "08:00", "16:00"}
+    assert all(row[2] == "1" for row in rows)
+
+    assert run(["history", "--trend", "--universe-size-bucket", "1000-9999"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["no completed stages in this window"]
+
+
+def test_history_trend_json_is_what_the_endpoint_answers(
+    env: pytest.MonkeyPatch, trend_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DATABASE_URL", trend_url)
+    query = "since=45d&interval=1w&stage=symbol_scanning&provider=sample&bucket=100-999"
+
+    async def endpoint() -> dict:
+        async with serve(settings_for(trend_url, tmp_path)) as service:
+            return await (await service.get(f"/stats/stages/trend?{query}")).json()
+
+    assert run(["history", "--trend", "--since", "45d", "--interval", "1w",
+                "--stage", "symbol_scanning", "--provider", "sample",
+                "--universe-size-bucket", "100-999", "--format", "json"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    answered = asyncio.run(endpoint())
+    assert printed.pop("until")[:13] == answered.pop("until")[:13]  # the same hour
+    assert printed == answered
+    assert printed["bucket"] == "100-999" and printed["interval"] == "1w"
+    assert [s["stage"] for s in printed["stages"]] == ["symbol_scanning"]
 
 
 def test_history_accuracy_table(
@@ -205,7 +283,14 @@ def test_history_json_and_buckets(
         (["history", "--since", "99999999w"], "--since"),
         (["history", "--accuracy", "--since", "forever"], "--since: must be a duration like"),
         (["history", "--accuracy", "--universe-size-bucket", "big"], "--universe-size-bucket"),
-        (["history", "--provider", "sample"], "--provider: only with --accuracy"),
+        (["history", "--provider", "sample"], "--provider: only with --accuracy or --trend"),
+        (["history", "--trend", "--interval", "2d"], "--interval: must be one of 1h, 1d, 1w"),
+        (["history", "--interval", "1h"], "--interval: only with --trend"),
+        (["history", "--trend", "--stage", "warp"], "--stage: must be one of universe_loading"),
+        (["history", "--stage", "finalization"], "--stage: only with --trend"),
+        (["history", "--trend", "--accuracy"], "--trend and --accuracy: choose one"),
+        (["history", "--trend", "--universe-size-bucket", "all"], "--universe-size-bucket"),
+        (["history", "--trend", "--since", "0d"], "--since: must be a duration like"),
     ],
 )
 def test_history_bad_arguments(
