@@ -581,6 +581,18 @@ def _window(name: str, meaning: str, default: str | None = "7d") -> Schema:
     return _query(name, schema, f"{meaning} (30m, 12h, 7d, 2w; at most 3660d).")
 
 
+def _scan_kind_filters() -> list[Schema]:
+    """The provider and universe-size bucket filters of the history statistics."""
+    return [
+        _query("provider", STRING, "Only this provider's scans."),
+        _query(
+            "bucket",
+            {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
+            "Only this universe-size bucket (1000-9999), or a size's (2500).",
+        ),
+    ]
+
+
 def _query(name: str, schema: Schema, description: str) -> Schema:
     return {
         "name": name,
@@ -858,12 +870,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                     _window("since", "The window looked at", default="30d"),
                     _query("interval", {"enum": ["1h", "1d", "1w"], "default": "1d"}, "Interval."),
                     _query("stage", {"enum": STAGE_NAMES}, "Only this stage."),
-                    _query("provider", STRING, "Only this provider's scans."),
-                    _query(
-                        "bucket",
-                        {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
-                        "Only this universe-size bucket (1000-9999), or a size's (2500).",
-                    ),
+                    *_scan_kind_filters(),
                 ],
                 settings=settings,
             )
@@ -889,12 +896,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                         {"type": "string", "pattern": DURATION_PATTERN},
                         "Only scans finished at least this long ago (default: now).",
                     ),
-                    _query("provider", STRING, "Only this provider's scans."),
-                    _query(
-                        "bucket",
-                        {"type": "string", "pattern": "^[0-9]+(-[0-9]+)?$"},
-                        "Only this universe-size bucket (1000-9999), or a size's (2500).",
-                    ),
+                    *_scan_kind_filters(),
                 ],
                 settings=settings,
             )
