@@ -463,15 +463,15 @@ class MultiStageProgressTracker:
                 continue
             pace = self._paces.get(name)
             units = record.total if record.total is not None else record.expected
-            prior = self._prior_seconds(name, units)
             if record.status != "running":
-                if prior is not None:
-                    estimates[name] = prior
+                pending = self._prior_seconds(name, units)
+                if pending is not None:
+                    estimates[name] = pending
                 continue
             elapsed = record.elapsed(now)
             observed = self._observed_seconds(record, pace, now)
-            if name not in self.priors:
-                prior = None  # a pace alone is already in the observed rate
+            # a pace alone is already in the observed rate: only a learned prior is blended
+            prior = self._prior_seconds(name, units) if name in self.priors else None
             if observed is None:
                 if prior is not None:
                     estimates[name] = max(prior, elapsed)
