@@ -809,7 +809,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
         "/scan/active": {
             "get": _operation(
                 "listActiveScans",
-                "Scans running and queued in this process",
+                "Scans running and queued: this process's, or the whole fleet's with REDIS_URL",
                 {"200": _json_ok("ActiveScans", "Running first, then queued in order.")},
                 errors=(),
                 protected=True,
@@ -891,11 +891,7 @@ def _paths(settings: Settings) -> dict[str, Schema]:
                 protected=True,
                 parameters=[
                     _window("since", "Scans finished within this window"),
-                    _query(
-                        "until",
-                        {"type": "string", "pattern": DURATION_PATTERN},
-                        "Only scans finished at least this long ago (default: now).",
-                    ),
+                    _window("until", "Only scans finished at least this long ago", default=None),
                     *_scan_kind_filters(),
                 ],
                 settings=settings,
